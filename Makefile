@@ -1,0 +1,45 @@
+# Two commands do everything, set-up included:
+#   make demo   -- create/refresh .venv, then run the demo (examples/demo.py)
+#   make test   -- create/refresh .venv, then ruff, mypy and pytest (tests, doctests, notebooks)
+# The set-up runs again only when pyproject.toml changes (stamp file .venv/.installed).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of torch. Here it lies on disk (pip's find-links); elsewhere set e.g.
+#   make test TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu"
+TORCH_SPEC ?= torch==2.13.0
+PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar off -q
+DEMO_ARGS ?=
+
+.PHONY: demo test setup lint typecheck pytest clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; \
+		$(PIP_INSTALL) $(TORCH_SPEC) >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; }
+	@$(PY) -c "import torch" || { echo "torch did not install"; exit 1; }
+	@echo "installing lightning_regkit[dev] (editable)"
+	@$(PIP_INSTALL) -e ".[dev]" >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	@$(PY) -c "import lightning_regkit, lightning, sklearn, pytest" || { echo "set-up failed"; exit 1; }
+	@touch $@
+
+setup: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(PY) examples/demo.py $(DEMO_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy lightning_regkit
+
+pytest: $(VENV)/.installed
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Lightning callbacks of lightning_regkit (import them from ``lightning_regkit``)."""

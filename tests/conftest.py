@@ -1,0 +1,275 @@
+"""Tiny models, data and a fast Trainer factory shared by every test file.
+
+Import the classes directly (``from conftest import TinyMLP``: ``tests/`` is on pytest's
+``pythonpath``) or use the fixtures. Subprocess scripts (DDP, kill/resume) get ``tests/`` and
+``examples/`` on their ``PYTHONPATH`` through :func:`run_python`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+TESTS_DIR = Path(__file__).resolve().parent
+ROOT = TESTS_DIR.parent
+EXAMPLES_DIR = ROOT / "examples"
+
+N_FEATURES = 8
+N_CLASSES = 3
+
+
+# ----------------------------------------------------------------------------- models
+class TinyMLP(nn.Module):
+    """8 -> 16 -> 3 with bias, LayerNorm and dropout.
+
+    Parameter names: ``fc1.weight``, ``fc1.bias``, ``norm.weight``, ``norm.bias``,
+    ``fc2.weight``, ``fc2.bias``; only the two ``fc*.weight`` matrices are "decayable".
+    """
+
+    def __init__(
+        self, in_features: int = N_FEATURES, hidden: int = 16, num_classes: int = N_CLASSES, p: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden)
+        self.norm = nn.LayerNorm(hidden)
+        self.drop = nn.Dropout(p)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.drop(F.relu(self.norm(self.fc1(x)))))
+
+
+class TinyTransformer(nn.Module):
+    """Each input feature is a token: embed -> MultiheadAttention -> TransformerEncoderLayer -> pool.
+
+    Dropout lives in three forms: the float ``attn.dropout`` of ``nn.MultiheadAttention``,
+    the encoder layer's ``dropout``/``dropout1``/``dropout2`` modules plus its own attention's
+    float, and a plain ``nn.Dropout`` (``drop``) before the head.
+    """
+
+    def __init__(
+        self, d_model: int = 16, nhead: int = 2, num_classes: int = N_CLASSES, p: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(1, d_model)
+        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=p, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(
+            d_model, nhead, dim_feedforward=2 * d_model, dropout=p, batch_first=True
+        )
+        self.drop = nn.Dropout(p)
+        self.head = nn.Linear(d_model, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.embed(x.unsqueeze(-1))
+        a, _ = self.attn(h, h, h, need_weights=False)
+        h = self.encoder(h + a)
+        return self.head(self.drop(h.mean(dim=1)))
+
+
+class ClassifierSteps:
+    """Training/validation/test steps and optimizer for a classifier held in ``self.net``.
+
+    A mixin, so the same steps serve ``pl.LightningModule`` and the kit's own module
+    subclasses: ``class M(ClassifierSteps, RegularizedModule)``.
+    Logs ``train_loss`` (step and epoch), ``val_loss``, ``val_acc``, ``test_acc``.
+    """
+
+    net: nn.Module
+    lr: float
+    optimizer_name: str
+    log: Callable[..., None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss, on_step=True, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.net(x)
+        self.log("val_loss", F.cross_entropy(logits, y))
+        self.log("val_acc", (logits.argmax(-1) == y).float().mean())
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_acc", (self.net(x).argmax(-1) == y).float().mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = self.net.parameters()
+        if self.optimizer_name == "adam":
+            return torch.optim.Adam(params, lr=self.lr)
+        return torch.optim.SGD(params, lr=self.lr)
+
+
+class LitClassifier(ClassifierSteps, pl.LightningModule):
+    """A plain LightningModule around ``net`` (default :class:`TinyMLP`)."""
+
+    def __init__(self, net: nn.Module | None = None, lr: float = 0.1, optimizer_name: str = "sgd") -> None:
+        super().__init__()
+        self.net = net if net is not None else TinyMLP()
+        self.lr = lr
+        self.optimizer_name = optimizer_name
+
+
+# ----------------------------------------------------------------------------- data
+def make_classification(n: int, seed: int, n_features: int = N_FEATURES) -> TensorDataset:
+    """A learnable synthetic problem: labels from a fixed random linear teacher plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(n_features, N_CLASSES, generator=torch.Generator().manual_seed(1234))
+    x = torch.randn(n, n_features, generator=g)
+    y = (x @ teacher + 0.5 * torch.randn(n, N_CLASSES, generator=g)).argmax(-1)
+    return TensorDataset(x, y)
+
+
+class SyntheticDataModule(pl.LightningDataModule):
+    """Synthetic classification data made with a fixed generator (same tensors in every process)."""
+
+    def __init__(
+        self,
+        n_train: int = 64,
+        n_val: int = 32,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
+        self.num_workers, self.shuffle, self.seed = num_workers, shuffle, seed
+
+    def setup(self, stage: str | None = None) -> None:
+        self.train_set = make_classification(self.n_train, self.seed)
+        self.val_set = make_classification(self.n_val, self.seed + 1)
+
+    def _loader(self, ds: TensorDataset, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+
+# ----------------------------------------------------------------------------- trainer
+def trainer_kwargs(root: Path | str, **overrides: Any) -> dict[str, Any]:
+    """Keyword arguments of a fast, quiet CPU Trainer writing only under ``root``."""
+    kwargs: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 2,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "log_every_n_steps": 1,
+        "default_root_dir": str(root),
+    }
+    kwargs.update(overrides)
+    return kwargs
+
+
+def weights_of(module: nn.Module) -> dict[str, Tensor]:
+    """A detached CPU copy of every parameter and buffer."""
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
+    """Largest absolute elementwise difference between two state dicts with the same keys."""
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+@pytest.fixture
+def make_trainer(tmp_path: Path) -> Callable[..., pl.Trainer]:
+    """Factory: ``make_trainer(max_epochs=3, callbacks=[...])`` -> fast CPU Trainer in tmp_path."""
+
+    def factory(**overrides: Any) -> pl.Trainer:
+        return pl.Trainer(**trainer_kwargs(tmp_path, **overrides))
+
+    return factory
+
+
+@pytest.fixture
+def tiny_mlp() -> TinyMLP:
+    torch.manual_seed(0)
+    return TinyMLP()
+
+
+@pytest.fixture
+def tiny_transformer() -> TinyTransformer:
+    torch.manual_seed(0)
+    return TinyTransformer()
+
+
+@pytest.fixture
+def synthetic_dm() -> SyntheticDataModule:
+    return SyntheticDataModule()
+
+
+@pytest.fixture
+def digits_dm() -> Any:
+    from digits import DigitsDataModule
+
+    return DigitsDataModule(batch_size=64)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep global seeding environment variables from leaking between tests."""
+    for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+# ----------------------------------------------------------------------------- subprocesses
+def run_python(
+    code: str, cwd: Path | str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (``tests/`` and ``examples/`` importable).
+
+    Used for DDP runs and for "new process" resume tests. Raises with the child's output if
+    it exits non-zero.
+    """
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        [str(TESTS_DIR), str(EXAMPLES_DIR), str(ROOT), full_env.get("PYTHONPATH", "")]
+    )
+    full_env.pop("PL_GLOBAL_SEED", None)
+    full_env.pop("PL_SEED_WORKERS", None)
+    full_env.update(env or {})
+    script = Path(cwd) / "_script.py"
+    script.write_text(textwrap.dedent(code))
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
+    if proc.returncode != 0:
+        raise AssertionError(
+            f"subprocess failed with {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
+            f"--- stderr\n{proc.stderr[-6000:]}"
+        )
+    return proc

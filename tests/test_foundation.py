@@ -1,0 +1,124 @@
+"""The foundation: package metadata, the shared fixtures, CI files."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
+from torch import nn
+
+import lightning_regkit
+
+
+def test_version_and_public_api() -> None:
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", lightning_regkit.__version__)
+    for name in lightning_regkit.__all__:
+        assert hasattr(lightning_regkit, name), name
+    public = {n for n in dir(lightning_regkit) if not n.startswith("_") and n not in {"callbacks"}}
+    # every public symbol at top level is in __all__ (submodules excluded)
+    modules = {n for n in public if type(getattr(lightning_regkit, n)).__name__ == "module"}
+    assert public - modules <= set(lightning_regkit.__all__)
+
+
+def test_py_typed_shipped() -> None:
+    assert (Path(lightning_regkit.__file__).parent / "py.typed").exists()
+
+
+def test_tiny_mlp_parameters() -> None:
+    names = [n for n, _ in TinyMLP().named_parameters()]
+    assert names == ["fc1.weight", "fc1.bias", "norm.weight", "norm.bias", "fc2.weight", "fc2.bias"]
+
+
+def test_tiny_transformer_has_every_dropout_form() -> None:
+    model = TinyTransformer(p=0.25)
+    mha = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+    assert len(mha) == 2 and all(m.dropout == 0.25 for m in mha)
+    assert len(drops) == 4 and all(m.p == 0.25 for m in drops)
+    assert model(torch.randn(5, 8)).shape == (5, 3)
+
+
+@pytest.mark.parametrize("net", [TinyMLP, TinyTransformer])
+def test_trainer_factory_fits(make_trainer, synthetic_dm, net) -> None:
+    torch.manual_seed(0)
+    model = LitClassifier(net(), lr=0.1)
+    trainer = make_trainer(max_epochs=2)
+    trainer.fit(model, datamodule=synthetic_dm)
+    assert trainer.current_epoch == 2
+    assert trainer.global_step == 2 * 4  # 64 samples / batch 16
+    assert {"train_loss_epoch", "val_loss", "val_acc"} <= set(trainer.callback_metrics)
+    assert not list(Path(trainer.default_root_dir).glob("**/*.ckpt"))
+
+
+def test_synthetic_data_is_fixed(synthetic_dm) -> None:
+    synthetic_dm.setup()
+    x1 = synthetic_dm.train_set.tensors[0].clone()
+    synthetic_dm.setup()
+    assert torch.equal(x1, synthetic_dm.train_set.tensors[0])
+
+
+def test_digits_datamodule_learns(make_trainer, digits_dm) -> None:
+    from digits import DigitsClassifier
+
+    torch.manual_seed(0)
+    model = DigitsClassifier(hidden=64, lr=3e-3)
+    trainer = make_trainer(max_epochs=3)
+    trainer.fit(model, datamodule=digits_dm)
+    assert float(trainer.callback_metrics["val_acc"]) > 0.85
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    m = re.search(r"```(?:bash|sh)\n(?:#.*\n)*(make test)\n", readme)
+    assert m, "README must give the test command in a bash block"
+    assert re.search(rf"^{m.group(1)}$", ci, flags=re.M)
+    assert re.search(r"^make demo$", readme, flags=re.M)
+
+
+def test_workflow_passes_actionlint() -> None:
+    exe = shutil.which("actionlint") or str(Path(__import__("sys").executable).parent / "actionlint")
+    if not Path(exe).exists():
+        pytest.fail("actionlint is part of the dev extras and must be installed")
+    workflow = ROOT / ".github" / "workflows" / "ci.yml"
+    proc = subprocess.run([exe, str(workflow)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
+    exe = shutil.which("actionlint") or str(Path(__import__("sys").executable).parent / "actionlint")
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on: push\njobs:\n  t:\n    runs-on: ubuntu-latest\n"
+        "    steps:\n      - run: echo ${{ matrix.nope }}\n"
+    )
+    proc = subprocess.run([exe, str(bad)], capture_output=True, text=True)
+    assert proc.returncode != 0
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_ddp_on_cpu_runs(tmp_path: Path) -> None:
+    """The distributed set-up later issues rely on: Lightning DDP, 2 CPU processes, gloo."""
+    proc = run_python(
+        """
+        import lightning.pytorch as pl, torch
+        from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs
+        torch.manual_seed(0)
+        model = LitClassifier()
+        trainer = pl.Trainer(**trainer_kwargs(".", devices=2, strategy="ddp", max_epochs=1))
+        trainer.fit(model, datamodule=SyntheticDataModule())
+        w = model.net.fc1.weight.detach()
+        gathered = trainer.strategy.all_gather(w)
+        if trainer.is_global_zero:
+            print("WORLD", trainer.world_size, "SAME", bool((gathered[0] == gathered[1]).all()))
+        """,
+        cwd=tmp_path,
+    )
+    assert "WORLD 2 SAME True" in proc.stdout
