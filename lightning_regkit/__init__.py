@@ -6,6 +6,12 @@ Example:
     True
 """
 
+from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
+
 __version__ = "0.1.0"
 
-__all__: list[str] = ["__version__"]
+__all__: list[str] = [
+    "EarlyStopping",
+    "RegkitStoppingReason",
+    "__version__",
+]
