@@ -7,11 +7,21 @@ Example:
 """
 
 from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
+from lightning_regkit.callbacks.seed import SeedEverything
+from lightning_regkit.rng import capture_rng_state, restore_rng_state
+from lightning_regkit.sweep import MetricSummary, SeedResult, SweepResult, seed_sweep
 
 __version__ = "0.1.0"
 
 __all__: list[str] = [
     "EarlyStopping",
+    "MetricSummary",
     "RegkitStoppingReason",
+    "SeedEverything",
+    "SeedResult",
+    "SweepResult",
     "__version__",
+    "capture_rng_state",
+    "restore_rng_state",
+    "seed_sweep",
 ]
