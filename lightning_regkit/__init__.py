@@ -6,6 +6,8 @@ Example:
     True
 """
 
+from lightning_regkit import criteria, schedules
+from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.rng import capture_rng_state, restore_rng_state
@@ -14,6 +16,7 @@ from lightning_regkit.sweep import MetricSummary, SeedResult, SweepResult, seed_
 __version__ = "0.1.0"
 
 __all__: list[str] = [
+    "DropoutScheduler",
     "EarlyStopping",
     "MetricSummary",
     "RegkitStoppingReason",
@@ -22,6 +25,8 @@ __all__: list[str] = [
     "SweepResult",
     "__version__",
     "capture_rng_state",
+    "criteria",
     "restore_rng_state",
+    "schedules",
     "seed_sweep",
 ]
