@@ -10,19 +10,28 @@ from lightning_regkit import criteria, schedules
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
 from lightning_regkit.callbacks.seed import SeedEverything
+from lightning_regkit.callbacks.weight_penalty import WeightPenalty
+from lightning_regkit.module import RegularizedModule
+from lightning_regkit.penalties import DEFAULT_EXCLUDE, L1, L2, MaxNorm
 from lightning_regkit.rng import capture_rng_state, restore_rng_state
 from lightning_regkit.sweep import MetricSummary, SeedResult, SweepResult, seed_sweep
 
 __version__ = "0.1.0"
 
 __all__: list[str] = [
+    "DEFAULT_EXCLUDE",
+    "L1",
+    "L2",
     "DropoutScheduler",
     "EarlyStopping",
+    "MaxNorm",
     "MetricSummary",
     "RegkitStoppingReason",
+    "RegularizedModule",
     "SeedEverything",
     "SeedResult",
     "SweepResult",
+    "WeightPenalty",
     "__version__",
     "capture_rng_state",
     "criteria",

@@ -1,0 +1,223 @@
+"""Cost of L1/L2 penalties relative to one ``torch.optim.SGD(foreach=True)`` step, measured side by side.
+
+Part 1 (micro): for transformer encoders (layers x d_model) every parameter tensor is penalized
+and the time of the penalty's value + gradient is divided by the time of one foreach SGD step over
+the same parameters, for the naive loop (``l * sum(p.abs().sum() for p in params)`` + backward),
+the autograd path (``mode="autograd"``), and the fast path (``mode="fast"``: gradient added to
+``.grad`` with ``torch._foreach_*``; "grad" is a non-logging step, "value+grad" a logging step).
+Times are the best of interleaved repetitions in one process (one thread).
+
+Part 2 (end to end): median and 10th-percentile ``Trainer.fit`` step time with
+``RegularizedModule(l1, l2)`` (fast mode) divided by the same model without penalty, runs
+interleaved; and the time spent inside the penalty hooks, measured directly, as a share of the step.
+
+Run: ``python benchmarks/penalty_overhead.py`` (about a minute and a half on a laptop CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lightning_regkit.module import RegularizedModule
+from lightning_regkit.penalties import L1, L2, resolve_penalties
+
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+torch.set_num_threads(1)
+L1_S, L2_S = 1e-5, 1e-4
+SHAPES = [(6, 128), (24, 64), (12, 512)]
+LOG_EVERY = 50
+
+
+def encoder(layers: int, d: int) -> nn.Module:
+    layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True)
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def median_times(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    # best of the interleaved repetitions: the machine may be shared, and the minimum is the least disturbed
+    return {k: min(v[1:]) for k, v in times.items()}  # first rep is warm-up
+
+
+def micro(layers: int, d: int, reps: int) -> tuple[int, dict[str, float]]:
+    torch.manual_seed(0)
+    model = encoder(layers, d)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    sgd = torch.optim.SGD(params, lr=1e-9, foreach=True)  # tiny lr: weights stay put during the timing
+    plans = {
+        "l2": resolve_penalties([L2(L2_S, exclude=[])], model),
+        "l1l2": resolve_penalties([L1(L1_S, exclude=[]), L2(L2_S, exclude=[])], model),
+    }
+
+    def naive(with_l1: bool) -> Callable[[], None]:
+        def run() -> None:
+            pen: Tensor = L2_S * sum(p.pow(2).sum() for p in params)  # type: ignore[assignment]
+            if with_l1:
+                pen = pen + L1_S * sum(p.abs().sum() for p in params)
+            pen.backward()
+
+        return run
+
+    def autograd(plan_key: str) -> Callable[[], None]:
+        return lambda: plans[plan_key].loss(0).backward()
+
+    def fast(plan_key: str, value: bool) -> Callable[[], None]:
+        plan = plans[plan_key]
+
+        def run() -> None:
+            if value:
+                plan.values(0)
+            plan.add_grads_(0)
+
+        return run
+
+    fns: dict[str, Callable[[], object]] = {"sgd": sgd.step}
+    for key, with_l1 in (("l2", False), ("l1l2", True)):
+        fns[f"{key}/naive"] = naive(with_l1)
+        fns[f"{key}/autograd"] = autograd(key)
+        fns[f"{key}/fast grad"] = fast(key, False)
+        fns[f"{key}/fast value+grad"] = fast(key, True)
+    return len(params), median_times(fns, reps)
+
+
+# ----------------------------------------------------------------------------- end to end
+class SeqTask(pl.LightningModule):
+    def __init__(self, layers: int, d: int) -> None:
+        super().__init__()
+        self.net = encoder(layers, d)
+        self.head = nn.Linear(d, 4)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        loss = F.cross_entropy(self.head(self.net(x).mean(1)), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=1e-3, foreach=True)
+
+
+HOOK_TIMES: list[float] = []
+
+
+class RegSeqTask(SeqTask, RegularizedModule):
+    def __init__(self, layers: int, d: int) -> None:
+        RegularizedModule.__init__(self, l1=L1_S, l2=L2_S)
+        self.net = encoder(layers, d)
+        self.head = nn.Linear(d, 4)
+        hooks = self._regkit
+        for name in ("after_training_step", "on_before_optimizer_step"):  # time the penalty's own work
+            setattr(hooks, name, timed(getattr(hooks, name)))
+
+
+def timed(fn: Callable[..., object]) -> Callable[..., object]:
+    def run(*args: object) -> object:
+        t0 = time.perf_counter()
+        out = fn(*args)
+        HOOK_TIMES.append(time.perf_counter() - t0)
+        return out
+
+    return run
+
+
+class StepTimer(pl.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def on_train_batch_start(self, *args: object) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, *args: object) -> None:
+        self.times.append(time.perf_counter() - self._t0)
+
+
+def fit_step_times(cls: type[SeqTask], layers: int, d: int, steps: int, data: TensorDataset) -> list[float]:
+    torch.manual_seed(0)
+    timer = StepTimer()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=LOG_EVERY,
+        callbacks=[timer],
+    )
+    trainer.fit(cls(layers, d), DataLoader(data, batch_size=16))
+    return timer.times[5:]  # drop warm-up
+
+
+def main() -> None:
+    start = time.perf_counter()
+    print(
+        "penalty time / one SGD(foreach=True) step over the same parameters (all parameter tensors penalized)"
+    )
+    print(
+        "naive: loss-side loop + backward; autograd: mode='autograd' (value + backward); fast: mode='fast',"
+        " grad = every step, value+grad = logging steps, amortized = grad + value/50 (log_every_n_steps=50)"
+    )
+    head = ["encoder", "tensors", "penalty", "naive", "autograd", "fast grad", "value+grad", "amortized"]
+    print(
+        f"{head[0]:>8} {head[1]:>7} {head[2]:>7} " + " ".join(f"{h:>10}" for h in head[3:]) + "  naive/fast"
+    )
+    for layers, d in SHAPES:
+        n, t = micro(layers, d, reps=7 if d >= 512 else 25)
+        for key, label in (("l2", "L2"), ("l1l2", "L1+L2")):
+            grad, both = t[f"{key}/fast grad"], t[f"{key}/fast value+grad"]
+            amortized = grad + (both - grad) / LOG_EVERY
+            cols = [t[f"{key}/naive"], t[f"{key}/autograd"], grad, both, amortized]
+            print(
+                f"{layers:>3}x{d:<4} {n:>7} {label:>7} "
+                + " ".join(f"{c / t['sgd']:>9.2f}x" for c in cols)
+                + f" {t[f'{key}/naive'] / amortized:>10.1f}x"
+            )
+    print()
+    print("end to end: Trainer.fit step time, RegularizedModule(l1=1e-5, l2=1e-4) fast vs no penalty")
+    layers, d, seq = 6, 128, 32
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(
+        torch.randn(16 * 200, seq, d, generator=g), torch.randint(0, 4, (16 * 200,), generator=g)
+    )
+    plain: list[float] = []
+    reg: list[float] = []
+    for _ in range(4):  # interleaved runs: the machine's load drifts
+        plain += fit_step_times(SeqTask, layers, d, 40, data)
+        reg += fit_step_times(RegSeqTask, layers, d, 40, data)
+    for name, stat in (
+        ("median", statistics.median),
+        ("10th percentile", lambda v: statistics.quantiles(v, n=10)[0]),
+    ):
+        mp, mr = stat(plain), stat(reg)
+        print(
+            f"encoder {layers}x{d}, batch 16x{seq}, {len(plain)} steps each, {name}: "
+            f"plain {mp * 1e3:.2f} ms, regularized {mr * 1e3:.2f} ms, overhead {100 * (mr / mp - 1):+.1f}%"
+        )
+    share = sum(HOOK_TIMES) / sum(reg)
+    print(f"time inside the penalty hooks (value, gradient, logging): {100 * share:.2f}% of the step time")
+    print(f"(benchmark ran {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,636 @@
+"""Weight penalties: parameter selection, L1/L2 values and gradients, proximal L1 and max-norm.
+
+Pure torch; no Lightning import. Conventions (as Keras): ``L1(l)`` adds ``l * sum(|w|)`` to the
+loss and ``L2(l)`` adds ``l * sum(w**2)`` (no 1/2, so ``L2(l)`` with plain SGD equals
+``weight_decay=2 * l``). Gradients are applied with the multi-tensor ``torch._foreach_*``
+kernels, as ``torch.optim`` does, on parameter lists resolved once by :func:`resolve_penalties`.
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.LayerNorm(2))
+    >>> with torch.no_grad():
+    ...     _ = net[0].weight.copy_(torch.tensor([[1.0, -2.0], [0.0, 3.0]]))
+    >>> plan = resolve_penalties([L1(0.5), L2(0.1)], net)
+    >>> plan.names[0]  # biases and LayerNorm weights are excluded by default
+    ['0.weight']
+    >>> {k: round(float(v), 4) for k, v in plan.values(t=0).items()}
+    {'l1': 3.0, 'l2': 1.4}
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from lightning_regkit.schedules import Schedule, ScheduleLike, as_schedule
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "L1",
+    "L2",
+    "MaxNorm",
+    "Penalty",
+    "PenaltyPlan",
+    "add_l1_grad_",
+    "add_l2_grad_",
+    "l1_value",
+    "l2_value",
+    "make_penalty",
+    "max_norm_",
+    "resolve_penalties",
+    "select_parameters",
+    "soft_threshold_",
+]
+
+#: Patterns excluded when ``exclude`` is not given (plus every tensor with ``ndim <= 1``): biases and the
+#: parameters of normalization layers (LayerNorm, BatchNorm*, GroupNorm, InstanceNorm*, RMSNorm, ...).
+#: Embeddings are penalized; add ``"Embedding"`` to exclude them.
+DEFAULT_EXCLUDE: tuple[str, ...] = ("*.bias", "*Norm", "*Norm1d", "*Norm2d", "*Norm3d")
+
+# L1 gradients need a temporary sign tensor; work in groups of at most this many elements so the
+# temporaries stay small and are reused by the allocator instead of allocating one copy of the model.
+_L1_GROUP_ELEMENTS = 1 << 18
+
+
+# ----------------------------------------------------------------------------- pure functions
+def _sum(values: Sequence[Tensor]) -> Tensor:
+    if len({v.dtype for v in values}) > 1:
+        values = [v.float() for v in values]
+    return torch.stack(list(values)).sum()
+
+
+def l1_value(params: Sequence[Tensor]) -> Tensor:
+    """``sum(|w|)`` over all tensors, without autograd (one multi-tensor pass).
+
+    Example:
+        >>> l1_value([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])])
+        tensor(6.)
+    """
+    if not params:
+        return torch.zeros(())
+    with torch.no_grad():
+        return _sum(torch._foreach_norm(list(params), 1))
+
+
+def l2_value(params: Sequence[Tensor]) -> Tensor:
+    """``sum(w**2)`` over all tensors, without autograd (one multi-tensor pass).
+
+    Example:
+        >>> l2_value([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])])
+        tensor(14.)
+    """
+    if not params:
+        return torch.zeros(())
+    with torch.no_grad():
+        ps = list(params)
+        if hasattr(torch, "_foreach_powsum"):
+            return _sum(torch._foreach_powsum(ps, 2))
+        return _sum(torch._foreach_norm(ps, 2)).square()  # pragma: no cover - older torch
+
+
+def add_l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
+    """``g += 2 * strength * w`` in place: the gradient of ``strength * sum(w**2)``.
+
+    Example:
+        >>> w, g = torch.tensor([1.0, -2.0]), torch.zeros(2)
+        >>> add_l2_grad_([g], [w], 0.5)
+        >>> g
+        tensor([ 1., -2.])
+    """
+    with torch.no_grad():
+        torch._foreach_add_(list(grads), list(params), alpha=2.0 * strength)
+
+
+def _groups(sizes: Sequence[int], limit: int = _L1_GROUP_ELEMENTS) -> list[tuple[int, int]]:
+    """Split indices ``0..len(sizes)`` into contiguous ranges of at most ``limit`` elements."""
+    out: list[tuple[int, int]] = []
+    start, total = 0, 0
+    for i, n in enumerate(sizes):
+        if total and total + n > limit:
+            out.append((start, i))
+            start, total = i, 0
+        total += n
+    if start < len(sizes):
+        out.append((start, len(sizes)))
+    return out
+
+
+def add_l1_grad_(
+    grads: Sequence[Tensor],
+    params: Sequence[Tensor],
+    strength: float,
+    groups: Sequence[tuple[int, int]] | None = None,
+) -> None:
+    """``g += strength * sign(w)`` in place: the (sub)gradient of ``strength * sum(|w|)`` (0 at w = 0).
+
+    ``groups`` (ranges of indices, see :class:`PenaltyPlan`) bound the size of the temporary sign
+    tensors; by default they are computed from the tensor sizes.
+
+    Example:
+        >>> w, g = torch.tensor([1.0, 0.0, -2.0]), torch.zeros(3)
+        >>> add_l1_grad_([g], [w], 0.5)
+        >>> g
+        tensor([ 0.5000,  0.0000, -0.5000])
+    """
+    gs, ps = list(grads), list(params)
+    if groups is None:
+        groups = _groups([p.numel() for p in ps])
+    with torch.no_grad():
+        for a, b in groups:
+            torch._foreach_add_(gs[a:b], torch._foreach_sign(ps[a:b]), alpha=strength)
+
+
+def soft_threshold_(params: Sequence[Tensor], threshold: float) -> None:
+    """Proximal step of ``threshold * |w|``: ``w <- sign(w) * max(|w| - threshold, 0)``, in place.
+
+    Computed as ``w - clamp(w, -threshold, threshold)``, so weights inside the band become exactly 0.
+
+    Example:
+        >>> w = torch.tensor([0.3, -0.05, -1.0])
+        >>> soft_threshold_([w], 0.1)
+        >>> w
+        tensor([ 0.2000,  0.0000, -0.9000])
+    """
+    if threshold <= 0 or not params:
+        return
+    with torch.no_grad():
+        ps = list(params)
+        clipped = torch._foreach_clamp_max(ps, threshold)
+        torch._foreach_clamp_min_(clipped, -threshold)
+        torch._foreach_sub_(ps, clipped)
+
+
+def max_norm_(params: Iterable[Tensor], max_norm: float, eps: float = 1e-12) -> None:
+    """Rescale each unit's incoming weight vector (a slice along dim 0) to L2 norm ``<= max_norm``.
+
+    For ``nn.Linear`` weights (out, in) each row is rescaled; for convolutions (out, in, k...) each
+    output filter. Rows already within the bound are left bit-for-bit unchanged.
+
+    Example:
+        >>> w = torch.tensor([[3.0, 4.0], [0.3, 0.4]])
+        >>> max_norm_([w], 1.0)
+        >>> w
+        tensor([[0.6000, 0.8000],
+                [0.3000, 0.4000]])
+    """
+    with torch.no_grad():
+        for p in params:
+            rows = p.reshape(p.shape[0], -1) if p.ndim > 1 else p.reshape(-1, 1)
+            norms = torch.linalg.vector_norm(rows, dim=1, keepdim=True)
+            scale = (max_norm / norms.clamp_min(eps)).clamp_max(1.0)
+            p.mul_(scale.reshape((-1,) + (1,) * (p.ndim - 1)) if p.ndim > 1 else scale.reshape(-1))
+
+
+# ----------------------------------------------------------------------------- selection
+def _owner_types(model: nn.Module) -> dict[str, str]:
+    """Map each parameter name to the class name of the module that directly owns it."""
+    out: dict[str, str] = {}
+    for mod_name, mod in model.named_modules():
+        for p_name, _ in mod.named_parameters(recurse=False):
+            out.setdefault(f"{mod_name}.{p_name}" if mod_name else p_name, type(mod).__name__)
+    return out
+
+
+def _matches(name: str, owner_type: str, pattern: str) -> bool:
+    return fnmatchcase(name, pattern) or fnmatchcase(owner_type, pattern)
+
+
+def _no_match_error(owner: str, arg: str, pattern: str, names: Sequence[str]) -> ValueError:
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return ValueError(
+        f"{owner}: {arg} pattern {pattern!r} selects no parameter; patterns are globs over parameter "
+        f"names or module class names; parameters are: {shown}"
+    )
+
+
+def select_parameters(
+    model: nn.Module,
+    include: Sequence[str] | None = None,
+    exclude: Sequence[str] | None = None,
+    owner: str = "select_parameters",
+) -> list[tuple[str, nn.Parameter]]:
+    """The ``(name, parameter)`` pairs a penalty applies to.
+
+    A pattern is a glob (``fnmatch``) matched against the full parameter name
+    (``"encoder.layers.0.linear1.weight"``) or the class name of the module that owns the
+    parameter (``"Linear"``, ``"*Norm"``). Frozen parameters (``requires_grad=False``) are never
+    selected. ``include=None`` means every parameter; ``exclude=None`` means the defaults
+    (:data:`DEFAULT_EXCLUDE` and every tensor with ``ndim <= 1``, as timm and nanoGPT do for weight
+    decay); an explicit ``exclude`` list replaces the defaults (``exclude=[]`` excludes nothing).
+
+    Raises:
+        ValueError: when a given pattern matches no parameter, or nothing is selected.
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+        >>> [n for n, _ in select_parameters(net)]
+        ['0.weight', '2.weight']
+        >>> [n for n, _ in select_parameters(net, include=["2.*"], exclude=[])]
+        ['2.weight', '2.bias']
+    """
+    named = list(model.named_parameters())
+    names = [n for n, _ in named]
+    types = _owner_types(model)
+    for arg, patterns in (("include", include), ("exclude", exclude)):
+        for pattern in patterns or ():
+            if not any(_matches(n, types.get(n, ""), pattern) for n in names):
+                raise _no_match_error(owner, arg, pattern, names)
+    default = exclude is None
+    excl = DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
+    selected = [
+        (n, p)
+        for n, p in named
+        if p.requires_grad
+        and (include is None or any(_matches(n, types.get(n, ""), pat) for pat in include))
+        and not any(_matches(n, types.get(n, ""), pat) for pat in excl)
+        and not (default and p.ndim <= 1)
+    ]
+    if not selected:
+        raise ValueError(
+            f"{owner}: include={list(include) if include is not None else None}, exclude="
+            f"{list(excl)} select no trainable parameter; parameters are: "
+            + ", ".join(names[:8])
+            + (", ..." if len(names) > 8 else "")
+        )
+    return selected
+
+
+# ----------------------------------------------------------------------------- specifications
+def _check_patterns(owner: str, name: str, value: Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise TypeError(f"{owner}: {name} must be a list of glob patterns or None, got {value!r}")
+    for v in value:
+        if not isinstance(v, str) or not v:
+            raise TypeError(f"{owner}: {name} must hold non-empty strings, got {v!r}")
+    return list(value)
+
+
+def _check_schedule(owner: str, name: str, value: ScheduleLike) -> Schedule:
+    if isinstance(value, bool):
+        raise TypeError(
+            f"{owner}: {name} must be a number, a Schedule or a callable f(t, total), got {value!r}"
+        )
+    if isinstance(value, (int, float)) and (not math.isfinite(value) or value < 0):
+        raise ValueError(f"{owner}: {name} must be a finite number >= 0, got {value!r}")
+    try:
+        schedule = as_schedule(value, name=name)
+    except TypeError as err:
+        raise TypeError(f"{owner}: {err}") from None
+    if not schedule.needs_total:  # probe what can be probed now; the adapters check every step
+        _check_value(owner, name, schedule(0, None), 0)
+    return schedule
+
+
+def _check_value(owner: str, name: str, value: float, t: int) -> float:
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{owner}: {name} schedule must yield a finite value >= 0, got {value!r} at t={t}")
+    return value
+
+
+class Penalty:
+    """Base class of a penalty specification: a strength (number or schedule) and a parameter selection.
+
+    Subclasses set ``name`` and say whether they add a loss term (``adds_gradient``), change the
+    weights after each optimizer step (``projects``), or both.
+
+    Example:
+        >>> p = L2(1e-4, include=["encoder.*"])
+        >>> p.name, p.strength_at(0), p.include, p.exclude
+        ('l2', 0.0001, ['encoder.*'], None)
+    """
+
+    name: ClassVar[str] = "penalty"
+    adds_gradient: ClassVar[bool] = True
+    projects: ClassVar[bool] = False
+    has_value: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        strength: ScheduleLike,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        owner = type(self).__name__
+        self.strength = _check_schedule(owner, "strength", strength)
+        self.include = _check_patterns(owner, "include", include)
+        self.exclude = _check_patterns(owner, "exclude", exclude)
+
+    def strength_at(self, t: int, total: int | None = None) -> float:
+        """The strength at step ``t`` of ``total``; raises ``ValueError`` if it is negative or not finite."""
+        return _check_value(type(self).__name__, "strength", self.strength(t, total), t)
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        """The unscaled penalty (e.g. ``sum(|w|)``) without autograd."""
+        raise NotImplementedError
+
+    def autograd_value(self, params: Sequence[Tensor]) -> Tensor:
+        """The unscaled penalty with autograd (the exact path)."""
+        raise NotImplementedError
+
+    def add_grad_(self, grads: list[Tensor], params: list[Tensor], strength: float, groups: Any) -> None:
+        """Add ``strength * d(value)/dw`` to ``grads`` in place."""
+        raise NotImplementedError
+
+    def project_(self, params: list[Tensor], lr: float, strength: float) -> None:
+        """Change the weights after an optimizer step (proximal step, constraint)."""
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class L1(Penalty):
+    """``strength * sum(|w|)``; with ``proximal=True`` applied by soft-thresholding after each step.
+
+    The subgradient form (default) adds ``strength * sign(w)`` to the gradient; it shrinks weights but
+    rarely makes them exactly zero. The proximal form (ISTA) leaves the gradient alone and, after
+    every optimizer step, sets ``w <- sign(w) * max(|w| - lr * strength, 0)`` with each param
+    group's ``lr``: with plain SGD it converges to the Lasso solution, exact zeros included (for
+    adaptive optimizers the group ``lr`` is not the effective step, so it is a heuristic there).
+
+    Example:
+        >>> L1(1e-5).value([torch.tensor([1.0, -2.0])])
+        tensor(3.)
+        >>> L1(0.1, proximal=True).adds_gradient
+        False
+    """
+
+    name = "l1"
+
+    def __init__(
+        self,
+        strength: ScheduleLike,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+        proximal: bool = False,
+    ) -> None:
+        super().__init__(strength, include, exclude)
+        if not isinstance(proximal, bool):
+            raise TypeError(f"L1: proximal must be a bool, got {proximal!r}")
+        self.proximal = proximal
+
+    @property
+    def adds_gradient(self) -> bool:  # type: ignore[override]
+        """Subgradient L1 adds to the gradient; proximal L1 does not."""
+        return not self.proximal
+
+    @property
+    def projects(self) -> bool:  # type: ignore[override]
+        """Proximal L1 soft-thresholds after each step."""
+        return self.proximal
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        """``sum(|w|)``."""
+        return l1_value(params)
+
+    def autograd_value(self, params: Sequence[Tensor]) -> Tensor:
+        """``sum(|w|)`` with autograd."""
+        return _sum(torch._foreach_norm(list(params), 1))
+
+    def add_grad_(self, grads: list[Tensor], params: list[Tensor], strength: float, groups: Any) -> None:
+        """``g += strength * sign(w)``."""
+        add_l1_grad_(grads, params, strength, groups)
+
+    def project_(self, params: list[Tensor], lr: float, strength: float) -> None:
+        """Soft-threshold by ``lr * strength``."""
+        soft_threshold_(params, lr * strength)
+
+
+class L2(Penalty):
+    """``strength * sum(w**2)`` (no 1/2): with plain SGD the same as ``weight_decay=2 * strength``.
+
+    This is coupled L2 (in the loss), not AdamW's decoupled weight decay.
+
+    Example:
+        >>> L2(0.5).value([torch.tensor([1.0, -2.0])])
+        tensor(5.)
+    """
+
+    name = "l2"
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        """``sum(w**2)``."""
+        return l2_value(params)
+
+    def autograd_value(self, params: Sequence[Tensor]) -> Tensor:
+        """``sum(w**2)`` with autograd."""
+        return _l2_autograd(params)
+
+    def add_grad_(self, grads: list[Tensor], params: list[Tensor], strength: float, groups: Any) -> None:
+        """``g += 2 * strength * w``."""
+        add_l2_grad_(grads, params, strength)
+
+
+def _l2_autograd(params: Sequence[Tensor]) -> Tensor:
+    norms = torch._foreach_norm(list(params), 2)
+    return _sum(torch._foreach_mul(norms, norms))
+
+
+class MaxNorm(Penalty):
+    """Max-norm constraint: after each step, each unit's incoming weight vector gets L2 norm ``<= max_norm``.
+
+    As Srivastava et al. (2014) pair with dropout and Keras ``MaxNorm``: rows of ``nn.Linear``
+    weights, output filters of convolutions (norm over every dim but 0). Adds nothing to the loss.
+
+    Example:
+        >>> MaxNorm(3.0, include=["*.weight"]).max_norm
+        3.0
+    """
+
+    name = "maxnorm"
+    adds_gradient = False
+    projects = True
+    has_value = False
+
+    def __init__(
+        self,
+        max_norm: float,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] | None = None,
+    ) -> None:
+        if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float)):
+            raise TypeError(f"MaxNorm: max_norm must be a number, got {max_norm!r}")
+        if not math.isfinite(max_norm) or max_norm <= 0:
+            raise ValueError(f"MaxNorm: max_norm must be a finite number > 0, got {max_norm!r}")
+        super().__init__(0.0, include, exclude)
+        self.max_norm = float(max_norm)
+
+    def value(self, params: Sequence[Tensor]) -> Tensor:
+        """A constraint has no value: 0."""
+        return torch.zeros(())
+
+    def autograd_value(self, params: Sequence[Tensor]) -> Tensor:
+        """A constraint has no value: 0."""
+        return torch.zeros(())
+
+    def project_(self, params: list[Tensor], lr: float, strength: float) -> None:
+        """Rescale rows to norm ``<= max_norm``."""
+        max_norm_(params, self.max_norm)
+
+
+_KINDS: dict[str, type[Penalty]] = {"l1": L1, "l2": L2, "maxnorm": MaxNorm}
+
+
+def make_penalty(spec: Penalty | Mapping[str, Any]) -> Penalty:
+    """A :class:`Penalty` from itself or from a mapping ``{"name": "l1" | "l2" | "maxnorm", **kwargs}``.
+
+    Example:
+        >>> make_penalty({"name": "l2", "strength": 1e-4})
+        L2(strength=Constant(constant=0.0001), include=None, exclude=None)
+    """
+    if isinstance(spec, Penalty):
+        return spec
+    if isinstance(spec, Mapping):
+        kwargs = dict(spec)
+        kind = kwargs.pop("name", None)
+        if not isinstance(kind, str) or kind.lower() not in _KINDS:
+            raise ValueError(f"make_penalty: unknown penalty name {kind!r}; allowed: {sorted(_KINDS)}")
+        return _KINDS[kind.lower()](**kwargs)
+    raise TypeError(
+        f"make_penalty: a penalty must be an L1, L2 or MaxNorm, or a mapping with 'name', got {spec!r}"
+    )
+
+
+# ----------------------------------------------------------------------------- resolved plan
+class PenaltyPlan:
+    """Penalties with their parameter lists resolved once for one model.
+
+    ``keys`` are the names used for logging (``"l1"``, ``"l2"``; ``"l2_0"``, ``"l2_1"`` when a kind
+    occurs several times). The hot-path methods loop over penalties and parameter groups, never
+    over parameters.
+
+    Example:
+        >>> net = nn.Linear(3, 2)
+        >>> plan = resolve_penalties([L2(0.5)], net)
+        >>> net.weight.grad = torch.zeros_like(net.weight)
+        >>> plan.add_grads_(t=0)
+        >>> torch.equal(net.weight.grad, net.weight.detach())
+        True
+    """
+
+    def __init__(
+        self, penalties: Sequence[Penalty], named: Sequence[Sequence[tuple[str, nn.Parameter]]]
+    ) -> None:
+        self.penalties = list(penalties)
+        self.names = [[n for n, _ in sel] for sel in named]
+        self.params: list[list[nn.Parameter]] = [[p for _, p in sel] for sel in named]
+        self.groups = [_groups([p.numel() for p in ps]) for ps in self.params]
+        counts: dict[str, int] = {}
+        for p in self.penalties:
+            counts[p.name] = counts.get(p.name, 0) + 1
+        seen: dict[str, int] = {}
+        self.keys: list[str] = []
+        for p in self.penalties:
+            i = seen.get(p.name, 0)
+            seen[p.name] = i + 1
+            self.keys.append(p.name if counts[p.name] == 1 else f"{p.name}_{i}")
+        self._by_optimizer: dict[int, tuple[torch.optim.Optimizer, int, list[Any]]] = {}
+
+    @property
+    def adds_gradient(self) -> bool:
+        """Whether any penalty adds to the gradient."""
+        return any(p.adds_gradient for p in self.penalties)
+
+    @property
+    def projects(self) -> bool:
+        """Whether any penalty changes weights after the optimizer step."""
+        return any(p.projects for p in self.penalties)
+
+    def strengths(self, t: int, total: int | None = None) -> list[float]:
+        """Every penalty's strength at ``t`` (validated)."""
+        return [p.strength_at(t, total) for p in self.penalties]
+
+    def values(self, t: int, total: int | None = None) -> dict[str, Tensor]:
+        """``strength * value`` of every penalty that has a value, without autograd."""
+        out: dict[str, Tensor] = {}
+        for key, pen, ps in zip(self.keys, self.penalties, self.params, strict=True):
+            if pen.has_value:
+                out[key] = pen.strength_at(t, total) * pen.value(ps)
+        return out
+
+    def loss(self, t: int, total: int | None = None) -> Tensor:
+        """Sum of ``strength * value`` of the gradient-adding penalties, with autograd (exact path)."""
+        terms = [
+            pen.strength_at(t, total) * pen.autograd_value(ps)
+            for pen, ps in zip(self.penalties, self.params, strict=True)
+            if pen.adds_gradient
+        ]
+        return torch.stack(terms).sum() if terms else torch.zeros(())
+
+    def _for_optimizer(self, optimizer: torch.optim.Optimizer | None) -> list[Any]:
+        """Per penalty: (params, groups, [(param_group, params)...]) restricted to ``optimizer``."""
+        if optimizer is None:
+            return [(ps, gr, [(None, ps)]) for ps, gr in zip(self.params, self.groups, strict=True)]
+        key = id(optimizer)
+        n_params = sum(len(g["params"]) for g in optimizer.param_groups)
+        cached = self._by_optimizer.get(key)
+        if cached is not None and cached[0] is optimizer and cached[1] == n_params:
+            return cached[2]
+        where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        entries = []
+        for ps in self.params:
+            mine = [p for p in ps if id(p) in where]
+            per_group = [
+                (g, [p for p in mine if where[id(p)] == i]) for i, g in enumerate(optimizer.param_groups)
+            ]
+            entries.append((mine, _groups([p.numel() for p in mine]), [x for x in per_group if x[1]]))
+        self._by_optimizer[key] = (optimizer, n_params, entries)
+        return entries
+
+    def add_grads_(
+        self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Add every gradient-adding penalty's gradient to ``.grad`` (of ``optimizer``'s parameters only).
+
+        Parameters without a gradient get one, unless none of them has one (a skipped step).
+        """
+        entries = self._for_optimizer(optimizer)
+        for pen, (ps, groups, _) in zip(self.penalties, entries, strict=True):
+            if not pen.adds_gradient or not ps:
+                continue
+            strength = pen.strength_at(t, total)
+            if strength == 0.0:
+                continue
+            grads = [p.grad for p in ps]
+            if any(g is None for g in grads):
+                if all(g is None for g in grads):
+                    continue
+                for p in ps:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                grads = [p.grad for p in ps]
+            pen.add_grad_(grads, ps, strength, groups)
+
+    def project_(
+        self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Apply proximal steps and constraints after an optimizer step (each param group's ``lr``)."""
+        entries = self._for_optimizer(optimizer)
+        for pen, (_, _, per_group) in zip(self.penalties, entries, strict=True):
+            if not pen.projects:
+                continue
+            strength = pen.strength_at(t, total)
+            for group, ps in per_group:
+                lr = float(group["lr"]) if group is not None else 1.0
+                pen.project_(ps, lr, strength)
+
+
+def resolve_penalties(penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module) -> PenaltyPlan:
+    """Resolve each penalty's parameter selection on ``model`` (once, at setup).
+
+    Example:
+        >>> plan = resolve_penalties([L1(0.1), MaxNorm(2.0)], nn.Linear(2, 2))
+        >>> plan.keys, plan.names
+        (['l1', 'maxnorm'], [['weight'], ['weight']])
+    """
+    specs = [make_penalty(p) for p in penalties]
+    named = [select_parameters(model, p.include, p.exclude, owner=type(p).__name__) for p in specs]
+    return PenaltyPlan(specs, named)
