@@ -134,5 +134,12 @@ class RegularizedModule(pl.LightningModule):
 
     @override
     def configure_callbacks(self) -> Sequence[Callback] | Callback:
-        """Register the penalty hooks (include this in an override)."""
+        """Register the penalty hooks (include this in an override).
+
+        Returns nothing when the hooks are already attached (``validate``/``test`` after ``fit``
+        on the same Trainer), so Lightning does not report them as overriding themselves.
+        """
+        trainer = self._trainer
+        if trainer is not None and any(cb is self._regkit for cb in getattr(trainer, "callbacks", [])):
+            return []
         return [self._regkit]

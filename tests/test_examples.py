@@ -1,0 +1,307 @@
+"""The user's tour: the digits classifiers, the demo, the LightningCLI entry point and its config."""
+
+from __future__ import annotations
+
+import doctest
+import re
+import subprocess
+import sys
+
+import digits
+import lightning.pytorch as pl
+import pytest
+import torch
+import yaml
+from conftest import EXAMPLES_DIR, ROOT, max_abs_diff, trainer_kwargs, weights_of
+from digits import DigitsClassifier, DigitsDataModule, RegularizedDigitsClassifier, weights_sha256
+
+from lightning_regkit.callbacks.dropout import DropoutScheduler
+from lightning_regkit.callbacks.early_stopping import EarlyStopping
+from lightning_regkit.callbacks.seed import SeedEverything
+from lightning_regkit.callbacks.weight_penalty import WeightPenalty
+from lightning_regkit.penalties import L1, L2, MaxNorm
+from lightning_regkit.schedules import Cosine, Curriculum, Linear, Piecewise
+
+CONFIG = EXAMPLES_DIR / "demo_config.yaml"
+
+# Lightning 2.6's LightningCLI still calls jsonargparse APIs deprecated in jsonargparse 4.49 (not ours)
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
+SHA = re.compile(r"kit run (\d) weights sha256: ([0-9a-f]{64})")
+
+
+# ----------------------------------------------------------------------------- digits.py
+def test_digits_doctests() -> None:
+    result = doctest.testmod(digits, optionflags=doctest.ELLIPSIS)
+    assert result.attempted >= 4 and result.failed == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_regularized_classifier_without_penalty_trains_like_the_plain_one(tmp_path, optimizer) -> None:
+    """The mixin refactor: same steps, same optimizer; with no penalty the kit's module is plain Lightning."""
+    dm = DigitsDataModule(batch_size=64)
+    weights = []
+    for cls in (DigitsClassifier, RegularizedDigitsClassifier):
+        torch.manual_seed(0)
+        model = cls(hidden=32, dropout=0.1, optimizer=optimizer, lr=1e-2)
+        pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=5)).fit(model, datamodule=dm)
+        weights.append(weights_of(model))
+    assert max_abs_diff(*weights) == 0.0
+
+
+def test_regularized_classifier_penalty_changes_training(tmp_path) -> None:
+    dm = DigitsDataModule(batch_size=64)
+    weights = []
+    for l2 in (0.0, 1e-2):
+        torch.manual_seed(0)
+        model = RegularizedDigitsClassifier(hidden=32, l2=l2)
+        pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, limit_train_batches=3)).fit(model, datamodule=dm)
+        weights.append(weights_of(model))
+    assert max_abs_diff(*weights) > 0.0
+    assert [p.name for p in model.penalties] == ["l2"]
+    assert model.hparams["l2"] == 1e-2 and model.hparams["hidden"] == 32
+
+
+@pytest.mark.parametrize("cls", [DigitsClassifier, RegularizedDigitsClassifier])
+@pytest.mark.parametrize("bad", ["adamw", "SGD", ""])
+def test_bad_optimizer_is_rejected(cls, bad) -> None:
+    with pytest.raises(ValueError, match=rf"{cls.__name__}: optimizer must be 'adam' or 'sgd', got '{bad}'"):
+        cls(optimizer=bad)
+
+
+def test_weights_sha256_sees_a_one_bit_change() -> None:
+    model = DigitsClassifier(hidden=8)
+    before = weights_sha256(model)
+    with torch.no_grad():
+        w = model.model.net[0].weight
+        w.view(-1)[0] = torch.nextafter(w.view(-1)[0], torch.tensor(float("inf")))
+    assert weights_sha256(model) != before
+
+
+# ----------------------------------------------------------------------------- demo.py
+def test_demo_help_explains_the_options(capsys) -> None:
+    import demo
+
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--seed", "--epochs", "--out"):
+        assert option in out
+    assert "bit-identical" in out or "reproducibility" in out
+
+
+@pytest.mark.slow
+def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
+    out = tmp_path / "demo out"
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / "demo.py"), "--epochs", "3", "--seed", "1", "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stdout = proc.stdout
+    header = (
+        "| run | val acc | test acc | val loss | best epoch | stopped epoch | stopping reason | fit time |"
+    )
+    assert header in stdout
+    rows = [line for line in stdout.splitlines() if line.startswith("| ") and line != header]
+    assert [r.split("|")[1].strip() for r in rows] == ["baseline", "kit", "kit, same seed"]
+    for row in rows:
+        cells = [c.strip() for c in row.split("|")[1:-1]]
+        assert all(0.0 <= float(c) <= 1.0 for c in cells[1:3])  # accuracies
+        assert 0 <= int(cells[4]) <= int(cells[5]) <= 2  # best <= stopped < --epochs
+        assert cells[7].endswith(" s")
+    assert "max_epochs (last weights kept)" in rows[0]
+    assert "best weights restored" in rows[1]
+    assert rows[1].split("|")[2:7] == rows[2].split("|")[2:7]  # same seed: same metrics and epochs
+    hashes = dict(SHA.findall(stdout))
+    assert set(hashes) == {"1", "2"} and hashes["1"] == hashes["2"]
+    assert "reproducibility (same seed, two kit runs): bit-identical weights" in stdout
+    png = out / "demo.png"
+    assert f"figure: {png}" in stdout
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+    assert "Epoch 0: 100%" in stdout + proc.stderr  # Lightning's progress bar is on
+
+
+# ----------------------------------------------------------------------------- LightningCLI
+def _cli(args: list[str], run: bool = True):
+    from cli import main
+
+    argv = sys.argv
+    sys.argv = ["cli.py"]  # LightningCLI warns when sys.argv (pytest's) and args are both given
+    try:
+        return main(args, run=run)
+    finally:
+        sys.argv = argv
+
+
+def test_demo_config_holds_the_demo_settings() -> None:
+    import demo
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    model, data, cbs = cfg["model"], cfg["data"], cfg["trainer"]["callbacks"]
+    assert (model["hidden"], model["lr"], model["l2"]) == (demo.HIDDEN, demo.LR, demo.L2)
+    assert (data["batch_size"], data["train_fraction"]) == (demo.BATCH_SIZE, demo.TRAIN_FRACTION)
+    by_class = {c["class_path"].rsplit(".", 1)[1]: c["init_args"] for c in cbs}
+    assert by_class["SeedEverything"]["seed"] == cfg["seed_everything"]
+    assert by_class["EarlyStopping"] == {
+        "monitor": "val_loss",
+        "patience": demo.PATIENCE,
+        "restore_best_weights": True,
+    }
+    schedule = by_class["DropoutScheduler"]["schedule"]
+    assert schedule["class_path"] == "lightning_regkit.schedules.Curriculum"
+    assert schedule["init_args"] == {"p_final": demo.DROPOUT.p_final, "gamma": demo.DROPOUT.gamma}
+    assert cfg["trainer"]["max_epochs"] == 80
+
+
+@pytest.mark.slow
+def test_cli_config_reproduces_the_demo_kit_run(tmp_path, monkeypatch) -> None:
+    """``cli.py fit --config demo_config.yaml`` ends with the demo kit run's weights, bit for bit."""
+    import demo
+
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)  # the demo trains on one thread; float sums depend on the thread count
+    cli = _cli(
+        [
+            "fit",
+            f"--config={CONFIG}",
+            "--trainer.max_epochs=3",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path / 'cli'}",
+        ]
+    )
+    cbs = cli.trainer.callbacks
+    seeders = [c for c in cbs if isinstance(c, SeedEverything)]
+    schedulers = [c for c in cbs if isinstance(c, DropoutScheduler)]
+    stoppers = [c for c in cbs if isinstance(c, EarlyStopping)]
+    assert len(seeders) == len(schedulers) == len(stoppers) == 1
+    assert seeders[0].seed == 0 and isinstance(schedulers[0].schedule, Curriculum)
+    assert stoppers[0].restore_best_weights and stoppers[0].best_epoch >= 0
+    assert schedulers[0].current_value is not None and schedulers[0].current_value > 0
+    assert cli.trainer.current_epoch == 3
+    assert isinstance(cli.model, RegularizedDigitsClassifier)
+    assert [p.name for p in cli.model.penalties] == ["l2"]
+    assert (tmp_path / "cli" / "config.yaml").exists()
+
+    kit = demo.run("kit", True, seed=0, epochs=3, out=tmp_path / "demo", progress=False)
+    assert kit.best_epoch == stoppers[0].best_epoch
+    assert weights_sha256(cli.model) == kit.sha256
+
+
+def test_every_public_callback_and_penalty_from_yaml(tmp_path) -> None:
+    """Every public callback, schedule and penalty is configurable from YAML (``class_path``); they fit."""
+    config = {
+        "seed_everything": 3,
+        "trainer": {
+            **trainer_kwargs(tmp_path, max_epochs=2, limit_train_batches=3, limit_val_batches=2),
+            "callbacks": [
+                {
+                    "class_path": "lightning_regkit.callbacks.weight_penalty.WeightPenalty",
+                    "init_args": {
+                        "l1": {
+                            "class_path": "lightning_regkit.schedules.Linear",
+                            "init_args": {"start": 0.0, "end": 1e-5},
+                        },
+                        "penalties": [
+                            {
+                                "class_path": "lightning_regkit.penalties.MaxNorm",
+                                "init_args": {"max_norm": 3.0, "include": ["model.net.0.weight"]},
+                            }
+                        ],
+                    },
+                },
+                {
+                    "class_path": "lightning_regkit.callbacks.dropout.DropoutScheduler",
+                    "init_args": {
+                        "schedule": {
+                            "class_path": "lightning_regkit.schedules.Piecewise",
+                            "init_args": {"points": [0.0, 0.5, 1.0], "values": [0.0, 0.3, 0.1]},
+                        },
+                        "modules": ["dropout"],
+                        "names": "model.*",
+                        "interval": "epoch",
+                    },
+                },
+                {
+                    "class_path": "lightning_regkit.callbacks.early_stopping.EarlyStopping",
+                    "init_args": {
+                        "monitor": "val_loss",
+                        "criterion": "GL",
+                        "alpha": 5.0,
+                        "restore_best_weights": True,
+                    },
+                },
+                {"class_path": "lightning_regkit.callbacks.seed.SeedEverything", "init_args": {"seed": 3}},
+            ],
+        },
+        "model": {
+            "hidden": 16,
+            "optimizer": "sgd",
+            "lr": 0.05,
+            "l2": {
+                "class_path": "lightning_regkit.schedules.Cosine",
+                "init_args": {"start": 1e-4, "end": 0.0},
+            },
+            "penalties": [
+                {
+                    "class_path": "lightning_regkit.penalties.L1",
+                    "init_args": {"strength": 1e-2, "proximal": True},
+                },
+                {"class_path": "lightning_regkit.penalties.MaxNorm", "init_args": {"max_norm": 2.0}},
+            ],
+        },
+    }
+    path = tmp_path / "all.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cli = _cli(["fit", f"--config={path}"])
+    by_type = {type(c): c for c in cli.trainer.callbacks}
+    wp = by_type[WeightPenalty]
+    assert [p.name for p in wp.penalties] == ["l1", "maxnorm"] and isinstance(
+        wp.penalties[0].strength, Linear
+    )
+    assert wp.penalties[1].include == ["model.net.0.weight"]
+    ds = by_type[DropoutScheduler]
+    assert isinstance(ds.schedule, Piecewise) and ds.names == ["model.*"] and ds.interval == "epoch"
+    assert by_type[EarlyStopping].criterion == "GL"
+    assert by_type[SeedEverything].seed == 3
+    pens = cli.model.penalties
+    assert [type(p) for p in pens] == [L2, L1, MaxNorm]
+    assert isinstance(pens[0].strength, Cosine) and pens[1].proximal and pens[2].max_norm == 2.0
+    assert cli.trainer.current_epoch == 2
+    # proximal L1 at lr * strength = 5e-4 per step gives exact zeros; max-norm holds on every row
+    weights = [cli.model.model.net[i].weight for i in (0, 3, 6)]
+    assert sum(int((w == 0).sum()) for w in weights) > 0
+    assert all(float(w.detach().norm(dim=1).max()) <= 2.0 + 1e-5 for w in weights)
+
+
+def test_cli_runs_as_a_script_and_as_a_module(tmp_path) -> None:
+    for cmd in (
+        [sys.executable, str(EXAMPLES_DIR / "cli.py"), "fit", "--help"],
+        [sys.executable, "-m", "examples.cli", "fit", "--help"],
+    ):
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        for option in ("--model.l2", "--model.l1", "--model.penalties", "--data.train_fraction"):
+            assert option in proc.stdout
+
+
+@pytest.mark.parametrize("l2", [1e-3, Cosine(1e-3, 0.0)])
+def test_regularized_classifier_checkpoint_loads_with_weights_only(tmp_path, l2) -> None:
+    model = RegularizedDigitsClassifier(hidden=8, l2=l2, penalties=[MaxNorm(3.0)])
+    trainer = pl.Trainer(
+        **trainer_kwargs(
+            tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=True
+        )
+    )
+    trainer.fit(model, datamodule=DigitsDataModule())
+    (ckpt,) = tmp_path.glob("**/*.ckpt")
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    assert hparams["hidden"] == 8 and "penalties" not in hparams
+    assert hparams.get("l2") == (l2 if isinstance(l2, float) else None)
+    loaded = RegularizedDigitsClassifier.load_from_checkpoint(ckpt, l2=l2)
+    assert max_abs_diff(weights_of(loaded), weights_of(model)) == 0.0
+    assert [p.name for p in loaded.penalties] == ["l2"]

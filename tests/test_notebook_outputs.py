@@ -1,0 +1,55 @@
+"""The tour notebook is committed with its outputs, so it reads well on the repository page.
+
+(Running it is nbmake's job: ``notebooks/`` is in pytest's ``testpaths`` with ``--nbmake``.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+
+NOTEBOOK = ROOT / "notebooks" / "tour.ipynb"
+
+
+@pytest.fixture(scope="module")
+def cells() -> list[dict]:
+    return json.loads(NOTEBOOK.read_text())["cells"]
+
+
+def _outputs(cells: list[dict], kind: str) -> list[dict]:
+    return [o for c in cells if c["cell_type"] == "code" for o in c["outputs"] if kind in o.get("data", {})]
+
+
+def test_every_code_cell_was_executed_in_order_without_errors(cells) -> None:
+    counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
+    assert counts == list(range(1, len(counts) + 1))
+    errors = [
+        o for c in cells if c["cell_type"] == "code" for o in c["outputs"] if o["output_type"] == "error"
+    ]
+    assert errors == []
+
+
+def test_plots_are_inline_png(cells) -> None:
+    # regularization path, schedules, DropoutScheduler run, early stopping, seed sweep
+    assert len(_outputs(cells, "image/png")) >= 5
+
+
+@pytest.mark.parametrize(
+    ("section", "printed"),
+    [
+        ("## 1. Weight penalties", "exact zeros"),
+        ("## 2. Dropout schedules", "p after fit (restored)"),
+        ("## 3. Early stopping", "reason: PATIENCE_EXHAUSTED"),
+        ("## 4. Seeding", "bit-identical: True"),
+        ("## 4. Seeding", "ci95_high"),
+    ],
+)
+def test_each_feature_has_its_section_and_result(cells, section, printed) -> None:
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert section in markdown
+    streams = "".join(
+        "".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c["outputs"]
+    )
+    assert printed in streams
