@@ -82,7 +82,8 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     """
     if not isinstance(state, dict) or not any(k in state for k in _KEYS):
         raise ValueError(
-            f"restore_rng_state: state must be a dict with keys {_KEYS}, got {type(state).__name__}"
+            f"restore_rng_state: state must be a dict with keys {_KEYS}, got {type(state).__name__} "
+            f"{(sorted(map(str, state)) if isinstance(state, dict) else state)!r:.200}"
         )
     if "python" in state:
         version, internal, gauss = state["python"]

@@ -180,7 +180,9 @@ class MetricSummary:
         """
         n = len(values)
         if n == 0:
-            raise ValueError(f"MetricSummary: values of {name!r} must not be empty")
+            raise ValueError(f"MetricSummary: values of {name!r} must not be empty, got {list(values)!r}")
+        if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
+            raise ValueError(f"MetricSummary: confidence must be in (0, 1), got {confidence!r}")
         mean = math.fsum(values) / n
         if n > 1:
             std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
@@ -366,13 +368,17 @@ def seed_sweep(
         ci95_high  0.848414
     """
     if not callable(train_fn):
-        raise TypeError(f"seed_sweep: train_fn must be callable, got {type(train_fn).__name__}")
+        raise TypeError(f"seed_sweep: train_fn must be callable, got {type(train_fn).__name__} {train_fn!r}")
     if map is not None and not callable(map):
-        raise TypeError(f"seed_sweep: map must be a map-like callable or None, got {type(map).__name__}")
+        raise TypeError(
+            f"seed_sweep: map must be a map-like callable or None, got {type(map).__name__} {map!r}"
+        )
     if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
         raise ValueError(f"seed_sweep: confidence must be in (0, 1), got {confidence!r}")
     if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
-        raise TypeError(f"seed_sweep: seeds must be an iterable of ints, got {type(seeds).__name__}")
+        raise TypeError(
+            f"seed_sweep: seeds must be an iterable of ints, got {type(seeds).__name__} {seeds!r}"
+        )
     seed_list = list(seeds)
     if not seed_list:
         raise ValueError("seed_sweep: seeds must not be empty, got []")
@@ -383,7 +389,7 @@ def seed_sweep(
             raise ValueError(f"seed_sweep: seeds must be in [0, 2**32 - 1], got {s}")
     if len(set(seed_list)) != len(seed_list):
         dupes = sorted({s for s in seed_list if seed_list.count(s) > 1})
-        raise ValueError(f"seed_sweep: seeds must be distinct, got duplicates {dupes}")
+        raise ValueError(f"seed_sweep: seeds must be distinct, got duplicates {dupes} in {seed_list!r}")
     mapper = map if map is not None else builtins.map
     results = list(mapper(functools.partial(_run_one, train_fn), [int(s) for s in seed_list]))
     if len(results) != len(seed_list) or not all(isinstance(r, SeedResult) for r in results):

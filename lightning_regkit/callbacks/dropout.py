@@ -29,6 +29,8 @@ _MODES = ("absolute", "relative")
 def _as_patterns(owner: str, name: str, value: str | Sequence[str] | None) -> list[str] | None:
     if value is None:
         return None
+    if not isinstance(value, (str, Sequence)):
+        raise TypeError(f"{owner}: {name} must be a glob string or a non-empty list of them, got {value!r}")
     patterns = [value] if isinstance(value, str) else list(value)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise TypeError(f"{owner}: {name} must be a glob string or a non-empty list of them, got {value!r}")

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
 from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
@@ -229,6 +230,22 @@ class EarlyStopping(_LightningEarlyStopping):
             raise ValueError(
                 f"EarlyStopping: baseline applies to criterion='patience' only, got criterion={criterion!r}"
             )
+        flags = {
+            "verbose": verbose,
+            "strict": strict,
+            "check_finite": check_finite,
+            "log_rank_zero_only": log_rank_zero_only,
+            "restore_best_weights": restore_best_weights,
+            "checkpoint_best_weights": checkpoint_best_weights,
+        }
+        for name, flag in flags.items():
+            if not isinstance(flag, bool):
+                raise TypeError(f"EarlyStopping: {name} must be a bool, got {flag!r}")
+        if check_on_train_epoch_end is not None and not isinstance(check_on_train_epoch_end, bool):
+            raise TypeError(
+                "EarlyStopping: check_on_train_epoch_end must be a bool or None, got "
+                f"{check_on_train_epoch_end!r}"
+            )
         if not isinstance(train_monitor, str) or not train_monitor:
             raise TypeError(f"EarlyStopping: train_monitor must be a non-empty str, got {train_monitor!r}")
         super().__init__(
@@ -254,18 +271,22 @@ class EarlyStopping(_LightningEarlyStopping):
         self.s = s
         self.train_monitor = train_monitor
         self._criterion: StoppingCriterion | None = None
-        if criterion == "GL":
-            self._criterion = GL(alpha=alpha)  # type: ignore[arg-type]
-        elif criterion == "PQ":
-            self._criterion = PQ(alpha=alpha, strip=strip)  # type: ignore[arg-type]
-        elif criterion == "UP":
-            self._criterion = UP(s=s, strip=strip)
+        try:  # the criteria validate alpha, strip and s; the message names this class too
+            if criterion == "GL":
+                self._criterion = GL(alpha=alpha)  # type: ignore[arg-type]
+            elif criterion == "PQ":
+                self._criterion = PQ(alpha=alpha, strip=strip)  # type: ignore[arg-type]
+            elif criterion == "UP":
+                self._criterion = UP(s=s, strip=strip)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"EarlyStopping: {err}") from None
         self.best_epoch: int = -1
         self.stopping_reason: EarlyStoppingReason | RegkitStoppingReason = EarlyStoppingReason.NOT_STOPPED  # type: ignore[assignment]
         self._best_weights: dict[str, Tensor] | None = None
         self._epoch = 0
         self._train_value: float | None = None
         self._improved = False
+        self._missing_best: str | None = None  # why a resumed run has no best weights to restore
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -292,6 +313,19 @@ class EarlyStopping(_LightningEarlyStopping):
         return state
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning calls load_state_dict only for callbacks that have a state in the checkpoint
+        states = checkpoint.get("callbacks") or {}
+        if states and self.state_key not in states and self._legacy_state_key not in states:
+            rank_zero_warn(
+                f"EarlyStopping: the checkpoint holds no state for {self.state_key} (it was written without"
+                " this callback, or with another monitor/mode/criterion): early stopping starts afresh"
+                " after the resume (wait count 0, no best score, no best weights)"
+            )
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # ``patience`` is configuration: the value passed to __init__ wins (Lightning reads it back).
         self.wait_count = state_dict["wait_count"]
@@ -307,10 +341,24 @@ class EarlyStopping(_LightningEarlyStopping):
         if self._criterion is not None and "criterion_state" in state_dict:
             self._criterion.load_state_dict(state_dict["criterion_state"])
         weights = state_dict.get("best_weights")
+        self._missing_best = None
         if weights is not None:
             self._best_weights = {k: v.detach().cpu() for k, v in weights.items()}
+        elif self.restore_best_weights and "best_epoch" not in state_dict:
+            self._best_weights = None
+            self._missing_best = (
+                "the checkpoint was written by Lightning's EarlyStopping, which keeps no best weights"
+            )
+            rank_zero_warn(
+                "EarlyStopping: the checkpoint's early-stopping state was written by Lightning's"
+                " EarlyStopping: wait count and best score are restored, but it holds no best epoch and no"
+                " best weights, so restore_best_weights can only give back weights of a check after this"
+                f" resume that beats the restored best score ({float(self.best_score):.6g});"
+                " otherwise the last weights are kept"
+            )
         elif self.restore_best_weights and self.best_epoch >= 0:
             self._best_weights = None  # on_train_end says why nothing is restored
+            self._missing_best = "the best weights were not in the checkpoint (checkpoint_best_weights=False)"
 
     # ------------------------------------------------------------------ the check
     def _read_train_value(self, trainer: pl.Trainer) -> float | None:
@@ -447,11 +495,7 @@ class EarlyStopping(_LightningEarlyStopping):
         if not self.restore_best_weights:
             return
         if self._best_weights is None:
-            why = (
-                "no finite value of the monitored metric was seen"
-                if self.best_epoch < 0
-                else "the best weights were not in the checkpoint (checkpoint_best_weights=False)"
-            )
+            why = self._missing_best or "no finite value of the monitored metric was seen"
             self._log_info(
                 trainer,
                 f"EarlyStopping: restore_best_weights is on but {why}; keeping the last weights.",

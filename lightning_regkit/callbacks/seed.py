@@ -313,6 +313,19 @@ class SeedEverything(Callback):
         return state
 
     @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # Lightning calls load_state_dict only for callbacks that have a state in the checkpoint
+        if self.restore_rng and self.state_key not in (checkpoint.get("callbacks") or {}):
+            rank_zero_warn(
+                "SeedEverything: the checkpoint holds no SeedEverything state (it was written without this"
+                " callback): the RNG states (dropout, shuffling, DataLoader workers) are not restored, so"
+                " this resume is not bit-identical to an uninterrupted run; it continues from freshly"
+                " seeded streams"
+            )
+
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved_seed = state_dict.get("seed")
         if saved_seed is not None:

@@ -301,4 +301,7 @@ class WeightPenalty(_PenaltyHooks):
     ) -> None:
         super().__init__(l1, l2, penalties, mode, interval, value_every_step, owner="WeightPenalty")
         if not self.penalties:
-            raise ValueError("WeightPenalty: no penalty given; set l1, l2 or penalties")
+            raise ValueError(
+                f"WeightPenalty: no penalty given; set l1, l2 or penalties, got l1={l1!r}, l2={l2!r}, "
+                f"penalties={penalties!r}"
+            )

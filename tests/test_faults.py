@@ -1,0 +1,105 @@
+"""Faults: SIGKILL the training process and resume in a new one; the result must not change.
+
+The kill is a real ``SIGKILL`` (no exception, no ``on_exception``, no clean-up) that the process
+sends itself right after the checkpoint of epoch ``k`` is on disk; a new process resumes from the
+newest checkpoint file. One training run is killed three times, at three different points, and
+resumed three times; its final weights, best weights, stop epoch and early-stopping state must be
+bit-identical to the uninterrupted run (any inexact resume on the way would show there), and each
+resumed segment must log exactly what the uninterrupted run logged at the same steps.
+
+Kill points (the uninterrupted run stops early at epoch 4, ``patience=2``):
+1. right after the checkpoint of epoch 0 is written;
+2. while the checkpoint of epoch 2 is being written: Lightning's ``_atomic_save`` writes through an
+   fsspec transaction (a temp file, moved into place on commit); the kill lands inside the commit,
+   before the move, so no ``epoch=2.ckpt`` exists and the resume starts from ``epoch=1.ckpt``;
+3. right after the checkpoint of epoch 3, the epoch before early stopping fires (the stop then
+   depends on the restored wait count and best score).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import max_abs_diff
+from test_integration import assert_same_run, kit_run, reference_run, step_values
+
+pytestmark = pytest.mark.slow
+
+
+def val_values(vals: list[Any]) -> list[Any]:
+    return [[e, {k: v for k, v in m.items() if k.startswith("val_")}] for e, m in vals]
+
+
+def killed(root: Path, **cfg: Any) -> None:
+    """Run the kit script expecting it to die of SIGKILL (exit status -9)."""
+    with pytest.raises(AssertionError, match="subprocess failed with -9"):
+        kit_run(root, **cfg)
+    assert not (root / "result0.json").exists()
+
+
+def newest_checkpoint(root: Path) -> Path:
+    files = sorted((root / "ckpts").glob("epoch=*.ckpt"), key=lambda f: int(f.stem.split("=")[1]))
+    return files[-1]
+
+
+def test_three_sigkills_then_resumes_are_bit_identical(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    reference = reference_run(tmp_path_factory)
+    assert reference["stopped_epoch"] == 4 and reference["es"]["wait_count"] == 2
+    diffs = []
+
+    def check_segment(resumed: dict[str, Any], start_epoch: int) -> None:
+        assert resumed["start_epoch"] == start_epoch > 0  # it really resumed mid-run
+        diffs.append(max_abs_diff(reference["weights"], resumed["weights"]))
+        assert_same_run(reference, resumed)
+        tail = [s for s in reference["steps"] if s[0] >= start_epoch]
+        assert step_values(resumed["steps"]) == step_values(tail)
+        assert val_values(resumed["vals"]) == val_values(
+            [v for v in reference["vals"] if v[0] >= start_epoch]
+        )
+
+    # 1. kill right after the checkpoint of epoch 0
+    killed(tmp_path, kill_after=0)
+    ckpt = newest_checkpoint(tmp_path)
+    assert ckpt.name == "epoch=0.ckpt"
+
+    # 2. resume; kill inside the commit of epoch 2's checkpoint (temp file written, not moved)
+    killed(tmp_path, ckpt_path=str(ckpt), kill_in_commit=2)
+    temp = Path((tmp_path / "temp_file.txt").read_text())
+    assert temp.exists() and temp.stat().st_size > 0  # the complete temp file never got its name
+    assert not (tmp_path / "ckpts" / "epoch=2.ckpt").exists()
+    ckpt = newest_checkpoint(tmp_path)
+    assert ckpt.name == "epoch=1.ckpt"
+    torch.load(ckpt, weights_only=True)  # the previous checkpoint is intact
+    temp.unlink()
+
+    # 3. resume from epoch 1; kill right after the checkpoint of epoch 3
+    killed(tmp_path, ckpt_path=str(ckpt), kill_after=3)
+    ckpt = newest_checkpoint(tmp_path)
+    assert ckpt.name == "epoch=3.ckpt"
+
+    # resume to the end: early stopping fires at epoch 4 as in the uninterrupted run
+    resumed = kit_run(tmp_path, ckpt_path=str(ckpt))
+    check_segment(resumed, start_epoch=4)
+    print(f"kill points 0 / commit of 2 / 3: max |w_resumed - w_uninterrupted| = {diffs}")
+    assert diffs == [0.0]
+
+
+def test_single_kill_resume_from_an_intact_checkpoint(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    # one kill, one resume, compared per segment (a second, independent kill point: epoch 2)
+    reference = reference_run(tmp_path_factory)
+    killed(tmp_path, kill_after=2)
+    ckpt = newest_checkpoint(tmp_path)
+    assert ckpt.name == "epoch=2.ckpt"
+    resumed = kit_run(tmp_path, ckpt_path=str(ckpt))
+    assert resumed["start_epoch"] == 3
+    diff = max_abs_diff(reference["weights"], resumed["weights"])
+    print(f"kill after epoch 2: max |w_resumed - w_uninterrupted| = {diff}")
+    assert_same_run(reference, resumed)
+    assert step_values(resumed["steps"]) == step_values([s for s in reference["steps"] if s[0] >= 3])
