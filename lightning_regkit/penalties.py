@@ -53,9 +53,10 @@ __all__ = [
 #: Embeddings are penalized; add ``"Embedding"`` to exclude them.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("*.bias", "*Norm", "*Norm1d", "*Norm2d", "*Norm3d")
 
-# L1 gradients need a temporary sign tensor; work in groups of at most this many elements so the
-# temporaries stay small and are reused by the allocator instead of allocating one copy of the model.
+# L1 gradients and the values work in groups of at most this many elements (1 MiB in float32); a larger
+# tensor is processed in flat chunks of this size. Temporaries and the reused scratch buffer stay this small.
 _L1_GROUP_ELEMENTS = 1 << 18
+_FAST_VALUE_DTYPES = (torch.float32, torch.float64)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -66,7 +67,7 @@ def _sum(values: Sequence[Tensor]) -> Tensor:
 
 
 def l1_value(params: Sequence[Tensor]) -> Tensor:
-    """``sum(|w|)`` over all tensors, without autograd (one multi-tensor pass).
+    """``sum(|w|)`` over all tensors, without autograd (grouped passes through a reused buffer).
 
     Example:
         >>> l1_value([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])])
@@ -74,12 +75,11 @@ def l1_value(params: Sequence[Tensor]) -> Tensor:
     """
     if not params:
         return torch.zeros(())
-    with torch.no_grad():
-        return _sum(torch._foreach_norm(list(params), 1))
+    return _Scratch(list(params)).values(l1=True, l2=False)[0]
 
 
 def l2_value(params: Sequence[Tensor]) -> Tensor:
-    """``sum(w**2)`` over all tensors, without autograd (one multi-tensor pass).
+    """``sum(w**2)`` over all tensors, without autograd (grouped passes through a reused buffer).
 
     Example:
         >>> l2_value([torch.tensor([1.0, -2.0]), torch.tensor([[3.0]])])
@@ -87,11 +87,7 @@ def l2_value(params: Sequence[Tensor]) -> Tensor:
     """
     if not params:
         return torch.zeros(())
-    with torch.no_grad():
-        ps = list(params)
-        if hasattr(torch, "_foreach_powsum"):
-            return _sum(torch._foreach_powsum(ps, 2))
-        return _sum(torch._foreach_norm(ps, 2)).square()  # pragma: no cover - older torch
+    return _Scratch(list(params)).values(l1=False, l2=True)[1]
 
 
 def add_l2_grad_(grads: Sequence[Tensor], params: Sequence[Tensor], strength: float) -> None:
@@ -121,6 +117,151 @@ def _groups(sizes: Sequence[int], limit: int = _L1_GROUP_ELEMENTS) -> list[tuple
     return out
 
 
+class _Scratch:
+    """Grouped passes over one fixed list of tensors, with a small work buffer reused every call.
+
+    ``groups`` are index ranges of tensors sharing a dtype and device, of at most
+    :data:`_L1_GROUP_ELEMENTS` elements in all, or a single larger tensor, which is processed in flat
+    chunks of that size. Temporaries therefore never exceed one group: the foreach sign of a group of
+    small tensors is allocated and freed each call (the allocator hands the same memory back), and the
+    chunks of a large tensor and the values use a buffer of :data:`_L1_GROUP_ELEMENTS` elements per
+    dtype and device, allocated on first use. On CPU, fresh large temporaries cost page faults that
+    outweigh the arithmetic, and a group that fits the cache keeps ``w`` and ``g`` there between the
+    operations on it. L2 alone needs no temporary and runs as one call over the whole list.
+    """
+
+    def __init__(self, params: list[Tensor], groups: Sequence[tuple[int, int]] | None = None) -> None:
+        self.params = params
+        if groups is None:
+            keys = [(p.dtype, p.device) for p in params]
+            groups = [
+                r
+                for a, b in _runs(keys)
+                for r in ((a + x, a + y) for x, y in _groups([p.numel() for p in params[a:b]]))
+            ]
+        self.groups = list(groups)
+        self._buffers: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+        self._views: dict[int, tuple[Tensor, list[Tensor], Tensor]] = {}  # group -> (buffer, views, span)
+
+    def _buffer(self, like: Tensor) -> Tensor:
+        key = (like.dtype, like.device)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = torch.empty(_L1_GROUP_ELEMENTS, dtype=like.dtype, device=like.device)
+        return buf
+
+    def _chunked(self, a: int, b: int, grads: Sequence[Tensor]) -> bool:
+        """Whether group ``a:b`` is one large tensor that, with its gradient, splits into flat chunks."""
+        p, g = self.params[a], grads[a]
+        return (
+            b - a == 1
+            and p.numel() > _L1_GROUP_ELEMENTS
+            and p.dtype in _FAST_VALUE_DTYPES  # bf16/fp16 keep torch's whole-tensor rounding, bit for bit
+            and p.is_contiguous()
+            and g.is_contiguous()
+            and g.dtype == p.dtype
+        )
+
+    def add_grads_(self, grads: list[Tensor], ops: Sequence[tuple[str, float]]) -> None:
+        """Apply ``ops`` in order per group: ``("l1", s)`` adds ``s * sign(w)``, ``("l2", s)`` ``2s * w``.
+
+        Per element the operations run in the given order, so the result is bit-identical to applying each
+        op to the whole list in turn; the sign is computed once per group and shared by the L1 ops.
+        """
+        ps = self.params
+        with torch.no_grad():
+            if not any(kind == "l1" for kind, _ in ops):  # L2 alone: no temporary, one call over the list
+                for _, strength in ops:
+                    torch._foreach_add_(grads, ps, alpha=2.0 * strength)
+                return
+            for a, b in self.groups:
+                if self._chunked(a, b, grads):
+                    p, buf = ps[a].detach().view(-1), self._buffer(ps[a])
+                    for pc, gc in zip(
+                        p.split(_L1_GROUP_ELEMENTS), grads[a].view(-1).split(_L1_GROUP_ELEMENTS), strict=True
+                    ):
+                        sign = torch.sign(pc, out=buf[: pc.numel()])
+                        for kind, strength in ops:
+                            if kind == "l1":
+                                gc.add_(sign, alpha=strength)
+                            else:
+                                gc.add_(pc, alpha=2.0 * strength)
+                    continue
+                gs, pp = grads[a:b], ps[a:b]
+                signs = torch._foreach_sign(pp)
+                for kind, strength in ops:
+                    if kind == "l1":
+                        torch._foreach_add_(gs, signs, alpha=strength)
+                    else:
+                        torch._foreach_add_(gs, pp, alpha=2.0 * strength)
+                del signs  # freed before the next group allocates its own: the allocator reuses the memory
+
+    def values(self, l1: bool, l2: bool) -> tuple[Tensor, Tensor]:
+        """``(sum(|w|), sum(w**2))`` (either is 0 when not asked for).
+
+        With L1, one grouped pass: ``|w|`` into the buffer, its sum, and its dot with itself for L2
+        (``|w| * |w| == w * w`` exactly); the sums are more accurate than ``_foreach_norm(ps, 1)``. L2
+        alone (and low-precision dtypes) use the multi-tensor ``_foreach_powsum``/``_foreach_norm``.
+        """
+        ps = self.params
+        if not l1 or any(ps[a].dtype not in _FAST_VALUE_DTYPES for a, _ in self.groups):
+            zero = torch.zeros(())
+            return (_l1_foreach(ps) if l1 else zero, _l2_foreach(ps) if l2 else zero)
+        ones: list[Tensor] = []
+        twos: list[Tensor] = []
+        with torch.no_grad():
+            for a, b in self.groups:
+                buf = self._buffer(ps[a])
+                flats: Iterable[Tensor]
+                if (
+                    b - a == 1 and ps[a].numel() > _L1_GROUP_ELEMENTS
+                ):  # one tensor; lazily: each chunk is summed first
+                    flats = (
+                        torch.abs(pc, out=buf[: pc.numel()])
+                        for pc in ps[a].detach().reshape(-1).split(_L1_GROUP_ELEMENTS)
+                    )
+                else:
+                    cached = self._views.get(a)
+                    if cached is None or cached[0] is not buf:  # views of the buffer, made once
+                        views, off = [], 0
+                        for p in ps[a:b]:
+                            views.append(buf[off : off + p.numel()].view(p.shape))
+                            off += p.numel()
+                        cached = self._views[a] = (buf, views, buf[:off])
+                    _, views, span = cached
+                    torch._foreach_copy_(views, ps[a:b])
+                    flats = [span.abs_()]
+                for flat in flats:
+                    ones.append(flat.sum())
+                    if l2:
+                        twos.append(torch.dot(flat, flat))
+        return _sum(ones), (_sum(twos) if twos else torch.zeros(()))
+
+
+def _runs(keys: Sequence[object]) -> list[tuple[int, int]]:
+    """Maximal index ranges of equal consecutive keys."""
+    out: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[start]:
+            out.append((start, i))
+            start = i
+    return out
+
+
+def _l1_foreach(params: Sequence[Tensor]) -> Tensor:
+    with torch.no_grad():
+        return _sum(torch._foreach_norm(list(params), 1))
+
+
+def _l2_foreach(params: Sequence[Tensor]) -> Tensor:
+    with torch.no_grad():
+        ps = list(params)
+        if hasattr(torch, "_foreach_powsum"):
+            return _sum(torch._foreach_powsum(ps, 2))
+        return _sum(torch._foreach_norm(ps, 2)).square()  # pragma: no cover - older torch
+
+
 def add_l1_grad_(
     grads: Sequence[Tensor],
     params: Sequence[Tensor],
@@ -129,8 +270,9 @@ def add_l1_grad_(
 ) -> None:
     """``g += strength * sign(w)`` in place: the (sub)gradient of ``strength * sum(|w|)`` (0 at w = 0).
 
-    ``groups`` (ranges of indices, see :class:`PenaltyPlan`) bound the size of the temporary sign
-    tensors; by default they are computed from the tensor sizes.
+    ``groups`` (ranges of indices of tensors sharing a dtype and device) bound the size of the temporary
+    signs; by default they are computed from the tensor sizes (at most 2**18 elements, a larger float32 or
+    float64 tensor in flat chunks of that size). :class:`PenaltyPlan` keeps groups and buffer between steps.
 
     Example:
         >>> w, g = torch.tensor([1.0, 0.0, -2.0]), torch.zeros(3)
@@ -138,12 +280,8 @@ def add_l1_grad_(
         >>> g
         tensor([ 0.5000,  0.0000, -0.5000])
     """
-    gs, ps = list(grads), list(params)
-    if groups is None:
-        groups = _groups([p.numel() for p in ps])
-    with torch.no_grad():
-        for a, b in groups:
-            torch._foreach_add_(gs[a:b], torch._foreach_sign(ps[a:b]), alpha=strength)
+    scratch = groups if isinstance(groups, _Scratch) else _Scratch(list(params), groups)
+    scratch.add_grads_(list(grads), [("l1", strength)])
 
 
 def soft_threshold_(params: Sequence[Tensor], threshold: float) -> None:
@@ -505,7 +643,9 @@ class PenaltyPlan:
 
     ``keys`` are the names used for logging (``"l1"``, ``"l2"``; ``"l2_0"``, ``"l2_1"`` when a kind
     occurs several times). The hot-path methods loop over penalties and parameter groups, never
-    over parameters.
+    over parameters. ``L1`` and ``L2`` penalties over the same parameters are applied in one grouped
+    pass over groups of at most ``2**18`` elements (larger tensors in chunks of that size), so its
+    temporaries and scratch buffer stay that small.
 
     Example:
         >>> net = nn.Linear(3, 2)
@@ -522,7 +662,8 @@ class PenaltyPlan:
         self.penalties = list(penalties)
         self.names = [[n for n, _ in sel] for sel in named]
         self.params: list[list[nn.Parameter]] = [[p for _, p in sel] for sel in named]
-        self.groups = [_groups([p.numel() for p in ps]) for ps in self.params]
+        self._scratch = _shared_scratches(self.params)
+        self.groups = [s.groups for s in self._scratch]
         counts: dict[str, int] = {}
         for p in self.penalties:
             counts[p.name] = counts.get(p.name, 0) + 1
@@ -549,11 +690,25 @@ class PenaltyPlan:
         return [p.strength_at(t, total) for p in self.penalties]
 
     def values(self, t: int, total: int | None = None) -> dict[str, Tensor]:
-        """``strength * value`` of every penalty that has a value, without autograd."""
+        """``strength * value`` of every penalty that has a value, without autograd.
+
+        The ``L1`` and ``L2`` values over the same parameters come from one grouped pass.
+        """
         out: dict[str, Tensor] = {}
-        for key, pen, ps in zip(self.keys, self.penalties, self.params, strict=True):
-            if pen.has_value:
+        cache: dict[int, tuple[Tensor, Tensor]] = {}
+        for key, pen, ps, scratch in zip(self.keys, self.penalties, self.params, self._scratch, strict=True):
+            if not pen.has_value:
+                continue
+            kind = _fast_kind(pen)
+            if kind is None or not ps:
                 out[key] = pen.strength_at(t, total) * pen.value(ps)
+                continue
+            if id(scratch) not in cache:
+                kinds = {
+                    _fast_kind(q) for q, s in zip(self.penalties, self._scratch, strict=True) if s is scratch
+                }
+                cache[id(scratch)] = scratch.values(l1="l1" in kinds, l2="l2" in kinds)
+            out[key] = pen.strength_at(t, total) * cache[id(scratch)][0 if kind == "l1" else 1]
         return out
 
     def loss(self, t: int, total: int | None = None) -> Tensor:
@@ -568,20 +723,20 @@ class PenaltyPlan:
     def _for_optimizer(self, optimizer: torch.optim.Optimizer | None) -> list[Any]:
         """Per penalty: (params, groups, [(param_group, params)...]) restricted to ``optimizer``."""
         if optimizer is None:
-            return [(ps, gr, [(None, ps)]) for ps, gr in zip(self.params, self.groups, strict=True)]
+            return [(ps, sc, [(None, ps)]) for ps, sc in zip(self.params, self._scratch, strict=True)]
         key = id(optimizer)
         n_params = sum(len(g["params"]) for g in optimizer.param_groups)
         cached = self._by_optimizer.get(key)
         if cached is not None and cached[0] is optimizer and cached[1] == n_params:
             return cached[2]
         where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
+        mines = [[p for p in ps if id(p) in where] for ps in self.params]
         entries = []
-        for ps in self.params:
-            mine = [p for p in ps if id(p) in where]
+        for mine, scratch in zip(mines, _shared_scratches(mines), strict=True):
             per_group = [
                 (g, [p for p in mine if where[id(p)] == i]) for i, g in enumerate(optimizer.param_groups)
             ]
-            entries.append((mine, _groups([p.numel() for p in mine]), [x for x in per_group if x[1]]))
+            entries.append((mine, scratch, [x for x in per_group if x[1]]))
         self._by_optimizer[key] = (optimizer, n_params, entries)
         return entries
 
@@ -591,23 +746,37 @@ class PenaltyPlan:
         """Add every gradient-adding penalty's gradient to ``.grad`` (of ``optimizer``'s parameters only).
 
         Parameters without a gradient get one, unless none of them has one (a skipped step).
+        Consecutive ``L1``/``L2`` penalties over the same parameters run as one fused grouped pass,
+        bit-identical to applying them one after the other.
         """
         entries = self._for_optimizer(optimizer)
-        for pen, (ps, groups, _) in zip(self.penalties, entries, strict=True):
+        bundle: list[tuple[str, float]] = []
+        bundle_scratch: _Scratch | None = None
+        bundle_grads: list[Tensor] = []
+        for pen, (ps, scratch, _) in zip(self.penalties, entries, strict=True):
             if not pen.adds_gradient or not ps:
                 continue
             strength = pen.strength_at(t, total)
             if strength == 0.0:
                 continue
-            grads = [p.grad for p in ps]
-            if any(g is None for g in grads):
-                if all(g is None for g in grads):
-                    continue
-                for p in ps:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                grads = [p.grad for p in ps]
-            pen.add_grad_(grads, ps, strength, groups)
+            kind = _fast_kind(pen)
+            if bundle and (kind is None or scratch is not bundle_scratch):
+                assert bundle_scratch is not None
+                bundle_scratch.add_grads_(bundle_grads, bundle)
+                bundle = []
+            if bundle:  # same parameters as the bundle: their grads are ready
+                bundle.append((kind, strength))  # type: ignore[arg-type]
+                continue
+            grads = _grads_or_none(ps)
+            if grads is None:
+                continue
+            if kind is None:
+                pen.add_grad_(grads, ps, strength, scratch)
+            else:
+                bundle, bundle_scratch, bundle_grads = [(kind, strength)], scratch, grads
+        if bundle:
+            assert bundle_scratch is not None
+            bundle_scratch.add_grads_(bundle_grads, bundle)
 
     def project_(
         self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
@@ -621,6 +790,40 @@ class PenaltyPlan:
             for group, ps in per_group:
                 lr = float(group["lr"]) if group is not None else 1.0
                 pen.project_(ps, lr, strength)
+
+
+def _fast_kind(pen: Penalty) -> str | None:
+    """``"l1"``/``"l2"`` for the built-in penalties the plan may fuse; ``None`` for anything else."""
+    if type(pen) is L1:
+        return "l1"
+    if type(pen) is L2:
+        return "l2"
+    return None
+
+
+def _shared_scratches(lists: Sequence[Sequence[Tensor]]) -> list[_Scratch]:
+    """One :class:`_Scratch` per list; lists of the same tensors in the same order share one."""
+    made: dict[tuple[int, ...], _Scratch] = {}
+    out = []
+    for ps in lists:
+        key = tuple(id(p) for p in ps)
+        if key not in made:
+            made[key] = _Scratch(list(ps))
+        out.append(made[key])
+    return out
+
+
+def _grads_or_none(params: Sequence[Tensor]) -> list[Tensor] | None:
+    """The ``.grad`` of each tensor, zeros created for missing ones; ``None`` when none has a gradient."""
+    grads = [p.grad for p in params]
+    if any(g is None for g in grads):
+        if all(g is None for g in grads):
+            return None
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+    return grads  # type: ignore[return-value]
 
 
 def resolve_penalties(penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module) -> PenaltyPlan:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, LitClassifier, SyntheticDataModule, TinyMLP, TinyTransformer
+from conftest import ROOT, ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, TinyTransformer
 
 BLOCK = re.compile(r"(<!-- readme-test: skip -->\s*\n)?```python\n(.*?)```", re.S)
 
@@ -50,6 +50,7 @@ def test_readme_section_runs(title: str, blocks: list[tuple[bool, str]], tmp_pat
         "__name__": "readme",
         "model": LitClassifier(TinyTransformer()),
         "dm": SyntheticDataModule(),
+        "ClassifierSteps": ClassifierSteps,
         "LitClassifier": LitClassifier,
         "SyntheticDataModule": SyntheticDataModule,
         "TinyMLP": TinyMLP,
