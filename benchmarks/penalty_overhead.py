@@ -15,7 +15,11 @@ Part 2 (end to end): median and 10th-percentile ``Trainer.fit`` step time with
 ``RegularizedModule(l1, l2)`` (fast mode) divided by the same model without penalty, runs
 interleaved; and the time spent inside the penalty hooks, measured directly, as a share of the step.
 
-Run: ``python benchmarks/penalty_overhead.py`` (about a minute on a laptop CPU).
+``mode="compiled"`` runs L1+L2 as one ``torch.compile`` kernel; its first call compiles (its time
+is printed; Inductor caches kernels on disk, so a second run of the benchmark compiles faster).
+
+Run: ``python benchmarks/penalty_overhead.py`` (one to three minutes on a laptop CPU);
+``--quick`` is a smoke run on one tiny encoder (the test suite runs it).
 """
 
 from __future__ import annotations
@@ -83,6 +87,13 @@ def micro(layers: int, d: int, reps: int) -> tuple[int, dict[str, float]]:
         "l2": resolve_penalties([L2(L2_S, exclude=[])], model),
         "l1l2": resolve_penalties([L1(L1_S, exclude=[]), L2(L2_S, exclude=[])], model),
     }
+    compiled = {
+        "l2": resolve_penalties([L2(L2_S, exclude=[])], model, compiled=True),
+        "l1l2": resolve_penalties([L1(L1_S, exclude=[]), L2(L2_S, exclude=[])], model, compiled=True),
+    }
+    t0 = time.perf_counter()
+    compiled["l1l2"].add_grads_(0)  # the first call compiles (Inductor caches on disk: later runs are faster)
+    compile_s = time.perf_counter() - t0
 
     def naive(with_l1: bool) -> Callable[[], None]:
         def run() -> None:
@@ -101,8 +112,9 @@ def micro(layers: int, d: int, reps: int) -> tuple[int, dict[str, float]]:
         fns[f"{key}/naive"] = naive(with_l1)
         fns[f"{key}/autograd"] = autograd(key)
         fns[f"{key}/fast grad"] = lambda plan=plans[key]: plan.add_grads_(0)
+        fns[f"{key}/compiled grad"] = lambda plan=compiled[key]: plan.add_grads_(0)
         fns[f"{key}/fast value"] = lambda plan=plans[key]: plan.values(0)
-    return len(params), median_ratios(fns, reps)
+    return len(params), compile_s, median_ratios(fns, reps)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -174,6 +186,9 @@ def fit_step_times(cls: type[SeqTask], layers: int, d: int, steps: int, data: Te
 
 
 def main() -> None:
+    quick = "--quick" in sys.argv[1:]  # a smoke run (the test suite's): one tiny encoder, few repeats
+    shapes = [(2, 32)] if quick else SHAPES
+    pairs, steps = (1, 12) if quick else (4, 40)
     start = time.perf_counter()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     print(f"load average at start: {load} ({torch.get_num_threads()} torch thread, {os.cpu_count()} CPUs)")
@@ -181,26 +196,32 @@ def main() -> None:
         "penalty time / one SGD(foreach=True) step over the same parameters (all tensors penalized), median"
     )
     print(
-        "naive, autograd: value + gradient every step | fast: grad = every step, value = logging steps only,"
-        f" log step = grad + value, PER STEP = grad + value/{LOG_EVERY} (log_every_n_steps={LOG_EVERY})"
+        "naive, autograd: value + gradient every step | fast, compiled: gradient every step (mode='fast':"
+        " foreach kernels; mode='compiled': one torch.compile kernel for L1+L2), value on logging steps only;"
+        f" PER STEP = grad + value/{LOG_EVERY} (log_every_n_steps={LOG_EVERY})"
     )
-    head = ["naive", "autograd", "fast grad", "fast value", "log step", "PER STEP"]
+    head = ["naive", "autograd", "fast grad", "comp grad", "value", "fast/step", "comp/step"]
     print(
         f"{'encoder':>8} {'tensors':>7} {'penalty':>7} "
-        + " ".join(f"{h:>10}" for h in head)
-        + "  naive/PER STEP"
+        + " ".join(f"{h:>9}" for h in head)
+        + f" {'naive/fast':>10} {'naive/comp':>10}"
     )
-    for layers, d in SHAPES:
-        n, t = micro(layers, d, reps=9 if d >= 512 else 25)
+    compile_times = []
+    for layers, d in shapes:
+        n, compile_s, t = micro(layers, d, reps=3 if quick else 9 if d >= 512 else 25)
+        compile_times.append(f"{layers}x{d} {compile_s:.1f} s")
         for key, label in (("l2", "L2"), ("l1l2", "L1+L2")):
-            grad, value = t[f"{key}/fast grad"], t[f"{key}/fast value"]
-            per_step = grad + value / LOG_EVERY
-            cols = [t[f"{key}/naive"], t[f"{key}/autograd"], grad, value, grad + value, per_step]
+            value = t[f"{key}/fast value"]
+            fast = t[f"{key}/fast grad"] + value / LOG_EVERY
+            comp = t[f"{key}/compiled grad"] + value / LOG_EVERY
+            cols = [t[f"{key}/naive"], t[f"{key}/autograd"], t[f"{key}/fast grad"], t[f"{key}/compiled grad"]]
             print(
                 f"{layers:>3}x{d:<4} {n:>7} {label:>7} "
-                + " ".join(f"{c:>9.2f}x" for c in cols)
-                + f" {t[f'{key}/naive'] / per_step:>14.1f}x"
+                + " ".join(f"{c:>8.2f}x" for c in [*cols, value, fast, comp])
+                + f" {t[f'{key}/naive'] / fast:>9.1f}x {t[f'{key}/naive'] / comp:>9.1f}x"
             )
+    print("(L2 alone is one foreach call in both modes; mode='compiled' compiles L1+L2 only)")
+    print("first compiled call (compilation, Inductor's disk cache may be warm): " + ", ".join(compile_times))
     print()
     print("end to end: Trainer.fit step time, RegularizedModule(l1=1e-5, l2=1e-4) fast vs no penalty")
     layers, d, seq = 6, 128, 32
@@ -210,9 +231,9 @@ def main() -> None:
     )
     plain: list[float] = []
     reg: list[float] = []
-    for _ in range(4):  # interleaved runs: the machine's load drifts
-        plain += fit_step_times(SeqTask, layers, d, 40, data)
-        reg += fit_step_times(RegSeqTask, layers, d, 40, data)
+    for _ in range(pairs):  # interleaved runs: the machine's load drifts
+        plain += fit_step_times(SeqTask, layers, d, steps, data)
+        reg += fit_step_times(RegSeqTask, layers, d, steps, data)
     for name, stat in (
         ("median", statistics.median),
         ("10th percentile", lambda v: statistics.quantiles(v, n=10)[0]),

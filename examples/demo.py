@@ -31,7 +31,7 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits import DigitsClassifier, DigitsDataModule, RegularizedDigitsClassifier, weights_sha256
 
-from lightning_regkit import DropoutScheduler, EarlyStopping, SeedEverything
+from lightning_regkit import DropoutScheduler, EarlyStopping, SeedEverything, seed_sweep
 from lightning_regkit.schedules import Curriculum
 
 # The settings of the comparison (examples/demo_config.yaml holds the same for the kit run).
@@ -252,6 +252,15 @@ def main(argv: list[str] | None = None) -> int:
         default=80,
         help="max epochs (the baseline runs all of them; the kit may stop early)",
     )
+    parser.add_argument(
+        "--sweep-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="SEED",
+        help="also run baseline and kit once per seed with seed_sweep and print mean, std and 95%% "
+        "confidence interval of their test accuracy, and write sweep.csv to --out (e.g. --sweep-seeds 1 2 3)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for demo.png")
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")
     args = parser.parse_args(argv)
@@ -281,6 +290,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  kit run 1 weights sha256: {kit.sha256}")
     print(f"  kit run 2 weights sha256: {again.sha256}")
     print(f"figure: {figure}")
+    if args.sweep_seeds:
+        sweep = seed_sweep(
+            lambda seed: {
+                f"{name} test acc": run(name, kit, seed, args.epochs, args.out, False).test_acc
+                for name, kit in (("baseline", False), ("kit", True))
+            },
+            seeds=args.sweep_seeds,
+        )
+        print(f"\nseed sweep over seeds {args.sweep_seeds} (mean, std, 95% confidence interval):")
+        print(sweep.table())
+        sweep.to_csv(args.out / "sweep.csv")
+        print(f"sweep csv: {args.out / 'sweep.csv'}")
     print(f"total time: {time.perf_counter() - t0:.1f} s")
     return 0 if same else 1
 

@@ -184,6 +184,9 @@ class RegularizedDigitsClassifier(DigitsSteps, RegularizedModule):
         l1: strength of ``l1 * sum(|w|)`` (a number or a ``Schedule``).
         l2: strength of ``l2 * sum(w**2)`` (a number or a ``Schedule``).
         penalties: further penalties (``L1(..., proximal=True)``, ``MaxNorm(3.0)``, ...).
+        mode: ``"fast"``, ``"compiled"`` or ``"autograd"`` (see ``RegularizedModule``).
+        interval: the schedules' time: ``"step"`` or ``"epoch"``.
+        value_every_step: compute the penalty value at every step, not only on logging steps.
 
     Checkpoints hold plain hyperparameters only, so they load with ``torch.load(weights_only=True)``:
     ``penalties`` and a ``Schedule`` given as ``l1``/``l2`` are not saved there; pass them again to
@@ -204,8 +207,13 @@ class RegularizedDigitsClassifier(DigitsSteps, RegularizedModule):
         l1: float | Schedule = 0.0,
         l2: float | Schedule = 0.0,
         penalties: list[Penalty] | None = None,
+        mode: str = "fast",
+        interval: str = "step",
+        value_every_step: bool = False,
     ) -> None:
-        super().__init__(l1=l1, l2=l2, penalties=penalties)
+        super().__init__(
+            l1=l1, l2=l2, penalties=penalties, mode=mode, interval=interval, value_every_step=value_every_step
+        )
         # checkpoints must load with torch.load(weights_only=True): keep only plain data in hparams
         schedules = [name for name, value in (("l1", l1), ("l2", l2)) if not isinstance(value, (int, float))]
         self.save_hyperparameters(ignore=["penalties", *schedules])

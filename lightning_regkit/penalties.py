@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from lightning_regkit.compiled import CompiledGrad
 from lightning_regkit.schedules import Schedule, ScheduleLike, as_schedule
 
 __all__ = [
@@ -130,8 +131,12 @@ class _Scratch:
     operations on it. L2 alone needs no temporary and runs as one call over the whole list.
     """
 
-    def __init__(self, params: list[Tensor], groups: Sequence[tuple[int, int]] | None = None) -> None:
+    def __init__(
+        self, params: list[Tensor], groups: Sequence[tuple[int, int]] | None = None, compiled: bool = False
+    ) -> None:
         self.params = params
+        self.compiled = compiled
+        self._kernels: list[tuple[int, int, CompiledGrad]] | None = None
         if groups is None:
             keys = [(p.dtype, p.device) for p in params]
             groups = [
@@ -169,6 +174,8 @@ class _Scratch:
         op to the whole list in turn; the sign is computed once per group and shared by the L1 ops.
         """
         ps = self.params
+        if self.compiled and any(kind == "l1" for kind, _ in ops) and self._add_compiled_(grads, ops):
+            return
         with torch.no_grad():
             if not any(kind == "l1" for kind, _ in ops):  # L2 alone: no temporary, one call over the list
                 for _, strength in ops:
@@ -195,6 +202,25 @@ class _Scratch:
                     else:
                         torch._foreach_add_(gs, pp, alpha=2.0 * strength)
                 del signs  # freed before the next group allocates its own: the allocator reuses the memory
+
+    def _add_compiled_(self, grads: list[Tensor], ops: Sequence[tuple[str, float]]) -> bool:
+        """One compiled kernel per dtype/device run (see :mod:`lightning_regkit.compiled`); False: not run."""
+        if self._kernels is None:
+            keys = [(p.dtype, p.device) for p in self.params]
+            self._kernels = [(a, b, CompiledGrad(self.params[a:b])) for a, b in _runs(keys)]
+        if any(g.dtype != self.params[a].dtype for a, b, _ in self._kernels for g in grads[a:b]):
+            return False
+        done = [kernel(grads[a:b], ops) for a, b, kernel in self._kernels]
+        if all(done):
+            return True
+        if any(done):  # a run compiled and one did not: finish the others with the foreach kernels
+            rest = [
+                i for (a, b, _), ok in zip(self._kernels, done, strict=True) if not ok for i in range(a, b)
+            ]
+            _Scratch([self.params[i] for i in rest]).add_grads_([grads[i] for i in rest], ops)
+            return True
+        self.compiled = False  # nothing compiles here: stay on the foreach kernels
+        return False
 
     def values(self, l1: bool, l2: bool) -> tuple[Tensor, Tensor]:
         """``(sum(|w|), sum(w**2))`` (either is 0 when not asked for).
@@ -657,12 +683,16 @@ class PenaltyPlan:
     """
 
     def __init__(
-        self, penalties: Sequence[Penalty], named: Sequence[Sequence[tuple[str, nn.Parameter]]]
+        self,
+        penalties: Sequence[Penalty],
+        named: Sequence[Sequence[tuple[str, nn.Parameter]]],
+        compiled: bool = False,
     ) -> None:
         self.penalties = list(penalties)
         self.names = [[n for n, _ in sel] for sel in named]
         self.params: list[list[nn.Parameter]] = [[p for _, p in sel] for sel in named]
-        self._scratch = _shared_scratches(self.params)
+        self.compiled = compiled
+        self._scratch = _shared_scratches(self.params, compiled)
         self.groups = [s.groups for s in self._scratch]
         counts: dict[str, int] = {}
         for p in self.penalties:
@@ -732,7 +762,7 @@ class PenaltyPlan:
         where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
         mines = [[p for p in ps if id(p) in where] for ps in self.params]
         entries = []
-        for mine, scratch in zip(mines, _shared_scratches(mines), strict=True):
+        for mine, scratch in zip(mines, _shared_scratches(mines, self.compiled), strict=True):
             per_group = [
                 (g, [p for p in mine if where[id(p)] == i]) for i, g in enumerate(optimizer.param_groups)
             ]
@@ -801,14 +831,14 @@ def _fast_kind(pen: Penalty) -> str | None:
     return None
 
 
-def _shared_scratches(lists: Sequence[Sequence[Tensor]]) -> list[_Scratch]:
+def _shared_scratches(lists: Sequence[Sequence[Tensor]], compiled: bool = False) -> list[_Scratch]:
     """One :class:`_Scratch` per list; lists of the same tensors in the same order share one."""
     made: dict[tuple[int, ...], _Scratch] = {}
     out = []
     for ps in lists:
         key = tuple(id(p) for p in ps)
         if key not in made:
-            made[key] = _Scratch(list(ps))
+            made[key] = _Scratch(list(ps), compiled=compiled)
         out.append(made[key])
     return out
 
@@ -826,8 +856,14 @@ def _grads_or_none(params: Sequence[Tensor]) -> list[Tensor] | None:
     return grads  # type: ignore[return-value]
 
 
-def resolve_penalties(penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module) -> PenaltyPlan:
+def resolve_penalties(
+    penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module, compiled: bool = False
+) -> PenaltyPlan:
     """Resolve each penalty's parameter selection on ``model`` (once, at setup).
+
+    With ``compiled=True`` the L1 (+L2) gradient runs as one ``torch.compile`` kernel per dtype and
+    device (see :mod:`lightning_regkit.compiled`), falling back to the foreach kernels with a warning
+    where it cannot be compiled.
 
     Example:
         >>> plan = resolve_penalties([L1(0.1), MaxNorm(2.0)], nn.Linear(2, 2))
@@ -836,4 +872,4 @@ def resolve_penalties(penalties: Sequence[Penalty | Mapping[str, Any]], model: n
     """
     specs = [make_penalty(p) for p in penalties]
     named = [select_parameters(model, p.include, p.exclude, owner=type(p).__name__) for p in specs]
-    return PenaltyPlan(specs, named)
+    return PenaltyPlan(specs, named, compiled=compiled)

@@ -8,6 +8,7 @@ Import the classes directly (``from conftest import TinyMLP``: ``tests/`` is on 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,13 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 TESTS_DIR = Path(__file__).resolve().parent
+#: Inductor (``mode="compiled"``) compiles C++ on CPU; without a compiler those tests are skipped.
+HAS_CXX = any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "clang++", "c++") if c)
+needs_cxx = pytest.mark.skipif(not HAS_CXX, reason="no C++ compiler for torch.compile (Inductor)")
 ROOT = TESTS_DIR.parent
 EXAMPLES_DIR = ROOT / "examples"
 
@@ -137,8 +142,31 @@ def make_classification(n: int, seed: int, n_features: int = N_FEATURES) -> Tens
     return TensorDataset(x, y)
 
 
+class Augmented(Dataset):
+    """``x + noise * (N(0, 1) from torch + U(-1, 1) from NumPy)``: random draws in ``__getitem__``.
+
+    Inside DataLoader workers these draws come from the workers' own RNGs, so a run is repeatable
+    (and a resume exact) only if the workers are seeded from the main process's state.
+    """
+
+    def __init__(self, base: TensorDataset, noise: float) -> None:
+        self.base, self.noise = base, noise
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        x, y = self.base[i]
+        jitter = torch.randn(x.shape) + torch.from_numpy(np.random.uniform(-1, 1, x.shape)).float()
+        return x + self.noise * jitter, y
+
+
 class SyntheticDataModule(pl.LightningDataModule):
-    """Synthetic classification data made with a fixed generator (same tensors in every process)."""
+    """Synthetic classification data made with a fixed generator (same tensors in every process).
+
+    ``augment > 0`` adds random noise to training samples in ``__getitem__`` (see :class:`Augmented`);
+    ``persistent_workers`` defaults to ``num_workers > 0``.
+    """
 
     def __init__(
         self,
@@ -148,22 +176,28 @@ class SyntheticDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         shuffle: bool = True,
         seed: int = 0,
+        augment: float = 0.0,
+        persistent_workers: bool | None = None,
     ) -> None:
         super().__init__()
         self.n_train, self.n_val, self.batch_size = n_train, n_val, batch_size
         self.num_workers, self.shuffle, self.seed = num_workers, shuffle, seed
+        self.augment = augment
+        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
 
     def setup(self, stage: str | None = None) -> None:
-        self.train_set = make_classification(self.n_train, self.seed)
+        self.train_set: Dataset = make_classification(self.n_train, self.seed)
+        if self.augment:
+            self.train_set = Augmented(self.train_set, self.augment)  # type: ignore[arg-type]
         self.val_set = make_classification(self.n_val, self.seed + 1)
 
-    def _loader(self, ds: TensorDataset, shuffle: bool) -> DataLoader:
+    def _loader(self, ds: Dataset, shuffle: bool) -> DataLoader:
         return DataLoader(
             ds,
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=self.persistent_workers,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -203,6 +237,22 @@ def max_abs_diff(a: dict[str, Tensor], b: dict[str, Tensor]) -> float:
     """Largest absolute elementwise difference between two state dicts with the same keys."""
     assert a.keys() == b.keys()
     return max(float((a[k].float() - b[k].float()).abs().max()) if a[k].numel() else 0.0 for k in a)
+
+
+def assert_tree_equal(a: Any, b: Any, where: str = "") -> None:
+    """Nested dicts/lists/tuples equal, tensors identical (dtype, shape and every bit of value)."""
+    if isinstance(a, Tensor):
+        assert isinstance(b, Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), (where, list(a), list(b))
+        for k in a:
+            assert_tree_equal(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_tree_equal(x, y, f"{where}/{i}")
+    else:
+        assert a == b, (where, a, b)
 
 
 @pytest.fixture

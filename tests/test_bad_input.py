@@ -11,6 +11,7 @@ configuration; ``MetricSummary.of`` is their one public factory and is in the ca
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -240,12 +241,14 @@ for owner, fn, arg, value, exc, kw in [
     ("Linear", sch.Linear, "start", INF, V, {"end": 0.0}),
     ("Linear", sch.Linear, "end", "0", T, {"start": 0.0}),
     ("Cosine", sch.Cosine, "start", NAN, V, {"end": 0.0}),
+    ("Cosine", sch.Cosine, "end", INF, V, {"start": 0.0}),
     ("Exponential", sch.Exponential, "gamma", 0.0, V, {"start": 1.0}),
     ("Exponential", sch.Exponential, "gamma", NAN, V, {"start": 1.0}),
     ("Curriculum", sch.Curriculum, "gamma", -1.0, V, {"p_final": 0.1}),
     ("Curriculum", sch.Curriculum, "p_final", 1.5, V, {"gamma": 0.1}),
     ("Step", sch.Step, "milestones", [0.5, 0.2], V, {"values": [0.1, 0.2, 0.3]}),
     ("Step", sch.Step, "unit", "percent", V, {"milestones": [0.5], "values": [0.1, 0.2]}),
+    ("Step", sch.Step, "values", [0.1, NAN], V, {"milestones": [0.5]}),
     ("Piecewise", sch.Piecewise, "points", [], V, {"values": []}),
     ("Piecewise", sch.Piecewise, "points", [0.5, 0.2], V, {"values": [0.1, 0.2]}),
     ("EarlyDropout", sch.EarlyDropout, "p", 1.5, V, {"until": 0.5}),
@@ -257,6 +260,7 @@ for owner, fn, arg, value, exc, kw in [
     ("GL", GL, "alpha", -1.0, V, {}),
     ("GL", GL, "alpha", NAN, V, {}),
     ("PQ", PQ, "strip", 0, V, {"alpha": 1.0}),
+    ("PQ", PQ, "alpha", NAN, V, {}),
     ("UP", UP, "s", 0, V, {"strip": 1}),
     ("UP", UP, "strip", 1.5, T, {"s": 2}),
 ]:
@@ -272,7 +276,8 @@ def test_bad_argument_is_rejected_by_name_and_value(
     assert isinstance(info.value, exc), f"{type(info.value).__name__}: {info.value}"
     message = str(info.value)
     assert owner in message, message
-    assert arg in message, message
+    # the argument's name as a word of its own ("s" must not be found inside "must")
+    assert re.search(rf"(?<![\w]){re.escape(arg)}(?![\w])", message), (arg, message)
     assert any(text in message for text in shown), (shown, message)
 
 

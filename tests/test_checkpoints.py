@@ -22,7 +22,14 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
+from conftest import (
+    ClassifierSteps,
+    LitClassifier,
+    SyntheticDataModule,
+    TinyMLP,
+    assert_tree_equal,
+    trainer_kwargs,
+)
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 
@@ -42,8 +49,13 @@ class KitModel(ClassifierSteps, RegularizedModule):
 
 
 class StartEpoch(Callback):
+    """Records, when training (re)starts, the epoch and the state of the first EarlyStopping found."""
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.epoch = trainer.current_epoch
+        es = next(cb for cb in trainer.callbacks if isinstance(cb, LightningEarlyStopping))
+        self.best_at_start = float(es.best_score)
+        self.wait_at_start = es.wait_count
 
 
 def kit_callbacks() -> list[Callback]:
@@ -52,6 +64,8 @@ def kit_callbacks() -> list[Callback]:
         EarlyStopping("val_loss", patience=5, restore_best_weights=True),
         EarlyStopping("val_loss", criterion="UP", strip=1, s=3),
         DropoutScheduler(Linear(0.3, 0.1)),
+        EarlyStopping("val_loss", criterion="GL", alpha=1e6),  # never stops: its history grows
+        EarlyStopping("val_loss", criterion="PQ", alpha=1e6, strip=1, train_monitor="train_loss_epoch"),
     ]
 
 
@@ -64,22 +78,6 @@ def fit(
     )
     trainer.fit(model, datamodule=SyntheticDataModule(), **kw)
     return trainer
-
-
-def assert_equal(a: Any, b: Any) -> None:
-    """Nested equality where tensors must be identical."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b)
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys()
-        for k in a:
-            assert_equal(a[k], b[k])
-    elif isinstance(a, (list, tuple)):
-        assert isinstance(b, (list, tuple)) and len(a) == len(b)
-        for x, y in zip(a, b, strict=True):
-            assert_equal(x, y)
-    else:
-        assert a == b, (a, b)
 
 
 @pytest.fixture
@@ -103,7 +101,7 @@ def test_kit_checkpoint_loads_with_weights_only(
     assert set(es["best_weights"]) == set(ckpt["state_dict"])  # the best weights travel along
 
 
-@pytest.mark.parametrize("index", [1, 2], ids=["patience_restore", "UP_criterion"])
+@pytest.mark.parametrize("index", [1, 2, 4, 5], ids=["patience_restore", "UP", "GL", "PQ"])
 def test_early_stopping_state_round_trips(
     index: int, kit_checkpoint: tuple[Path, list[Callback], pl.Trainer]
 ) -> None:
@@ -111,8 +109,8 @@ def test_early_stopping_state_round_trips(
     state = torch.load(path, weights_only=True)["callbacks"][callbacks[index].state_key]
     fresh = kit_callbacks()[index]
     fresh.load_state_dict(copy.deepcopy(state))
-    assert_equal(fresh.state_dict(), state)
-    assert_equal(state, callbacks[index].state_dict())  # and it is the trained callback's state
+    assert_tree_equal(fresh.state_dict(), state)
+    assert_tree_equal(state, callbacks[index].state_dict())  # and it is the trained callback's state
 
 
 def test_seed_state_round_trips(kit_checkpoint: tuple[Path, list[Callback], pl.Trainer]) -> None:
@@ -122,8 +120,10 @@ def test_seed_state_round_trips(kit_checkpoint: tuple[Path, list[Callback], pl.T
     fresh = SeedEverything(None)
     fresh.load_state_dict(copy.deepcopy(state))
     assert fresh.seed == 3
+    assert_tree_equal(fresh._pending, state)  # everything is held for on_train_start, unchanged
+    assert_tree_equal({k: state[k] for k in fresh.seed_record()}, fresh.seed_record())
     restore_rng_state(state["rng"][0])
-    assert_equal(capture_rng_state(), state["rng"][0])
+    assert_tree_equal(capture_rng_state(), state["rng"][0])
 
 
 def test_dropout_state_round_trips(kit_checkpoint: tuple[Path, list[Callback], pl.Trainer]) -> None:
@@ -136,6 +136,9 @@ def test_dropout_state_round_trips(kit_checkpoint: tuple[Path, list[Callback], p
     model.net.drop.p = 0.05
     fresh = DropoutScheduler(Linear(0.3, 0.1))
     fresh.load_state_dict(copy.deepcopy(state))
+    restored = fresh.state_dict()  # before fit: t and value as loaded; base is held for on_fit_start
+    assert (restored["t"], restored["value"]) == (state["t"], state["value"])
+    assert fresh._loaded_base == state["base"]
     fresh.on_fit_start(trainer, model)
     fresh.teardown(trainer, model, "fit")
     assert model.net.drop.p == pytest.approx(0.2)
@@ -162,8 +165,8 @@ def test_plain_checkpoint_resumes_with_the_kit_and_warns(tmp_path: Path) -> None
         in messages
     )
     assert callbacks[-1].epoch == 2 and trainer.current_epoch == 4  # it really resumed
-    es = callbacks[1]
-    assert float(es.best_score) <= saved_best  # the plain run's best score carried over
+    # the plain run's best score carried over: the kit's EarlyStopping held it when training resumed
+    assert callbacks[-1].best_at_start == saved_best
 
 
 @pytest.mark.filterwarnings("ignore:The dirpath has changed")
@@ -180,4 +183,6 @@ def test_kit_checkpoint_resumes_without_the_kit_and_warns(
         assert cb.state_key in missing
     assert start.epoch == 2
     # Lightning's own EarlyStopping reads the kit's state (same state_key, same fields)
-    assert es.wait_count <= callbacks[1].wait_count + 1
+    kit_es = callbacks[1]
+    assert start.best_at_start == float(kit_es.best_score) and start.wait_at_start == kit_es.wait_count
+    assert kit_es.wait_count > 0 or float(kit_es.best_score) != float("inf")  # not the defaults

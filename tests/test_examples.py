@@ -85,7 +85,7 @@ def test_demo_help_explains_the_options(capsys) -> None:
         demo.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--seed", "--epochs", "--out"):
+    for option in ("--seed", "--sweep-seeds", "--epochs", "--out"):
         assert option in out
     assert "bit-identical" in out or "reproducibility" in out
 
@@ -93,8 +93,9 @@ def test_demo_help_explains_the_options(capsys) -> None:
 @pytest.mark.slow
 def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
     out = tmp_path / "demo out"
+    args = ["--epochs", "3", "--seed", "1", "--out", str(out), "--sweep-seeds", "2", "3"]
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES_DIR / "demo.py"), "--epochs", "3", "--seed", "1", "--out", str(out)],
+        [sys.executable, str(EXAMPLES_DIR / "demo.py"), *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -119,6 +120,10 @@ def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
     hashes = dict(SHA.findall(stdout))
     assert set(hashes) == {"1", "2"} and hashes["1"] == hashes["2"]
     assert "reproducibility (same seed, two kit runs): bit-identical weights" in stdout
+    assert "seed sweep over seeds [2, 3]" in stdout
+    sweep = (out / "sweep.csv").read_text().splitlines()
+    assert "baseline test acc" in sweep[0] and "kit test acc" in sweep[0]
+    assert [line.split(",")[0] for line in sweep[1:3]] == ["2", "3"]
     png = out / "demo.png"
     assert f"figure: {png}" in stdout
     data = png.read_bytes()
@@ -285,8 +290,34 @@ def test_cli_runs_as_a_script_and_as_a_module(tmp_path) -> None:
     ):
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        for option in ("--model.l2", "--model.l1", "--model.penalties", "--data.train_fraction"):
+        for option in (
+            "--model.l2",
+            "--model.l1",
+            "--model.penalties",
+            "--model.mode",
+            "--model.interval",
+            "--model.value_every_step",
+            "--data.train_fraction",
+        ):
             assert option in proc.stdout
+
+
+@pytest.mark.slow
+def test_cli_module_fits_the_demo_config_in_a_new_process(tmp_path) -> None:
+    """``python -m examples.cli fit --config examples/demo_config.yaml`` as a user types it (+ overrides)."""
+    out = tmp_path / "cli"
+    cmd = [
+        sys.executable, "-m", "examples.cli", "fit", f"--config={CONFIG}",
+        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
+        "--model.l1=1e-5", "--model.interval=epoch", "--model.value_every_step=true",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = yaml.safe_load((out / "config.yaml").read_text())  # LightningCLI saves the resolved config
+    assert saved["model"]["l1"] == 1e-5 and saved["model"]["l2"] == 0.001
+    assert (saved["model"]["interval"], saved["model"]["value_every_step"]) == ("epoch", True)
+    assert saved["trainer"]["max_epochs"] == 1
+    assert "RegularizedDigitsClassifier: l1 applies to 3 parameter tensors" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("l2", [1e-3, Cosine(1e-3, 0.0)])

@@ -3,9 +3,10 @@
 The kill is a real ``SIGKILL`` (no exception, no ``on_exception``, no clean-up) that the process
 sends itself right after the checkpoint of epoch ``k`` is on disk; a new process resumes from the
 newest checkpoint file. One training run is killed three times, at three different points, and
-resumed three times; its final weights, best weights, stop epoch and early-stopping state must be
-bit-identical to the uninterrupted run (any inexact resume on the way would show there), and each
-resumed segment must log exactly what the uninterrupted run logged at the same steps.
+resumed three times. Each checkpoint a killed segment wrote (weights, optimizer state, loop progress,
+every kit callback's state) must be bit-identical to the uninterrupted run's checkpoint of the same
+epoch; the final segment's weights, best weights, stop epoch, early-stopping state and every value
+it logged must be identical to the uninterrupted run's.
 
 Kill points (the uninterrupted run stops early at epoch 4, ``patience=2``):
 1. right after the checkpoint of epoch 0 is written;
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import max_abs_diff
+from conftest import assert_tree_equal, max_abs_diff
 from test_integration import assert_same_run, kit_run, reference_run, step_values
 
 pytestmark = pytest.mark.slow
@@ -38,6 +39,24 @@ def killed(root: Path, **cfg: Any) -> None:
     with pytest.raises(AssertionError, match="subprocess failed with -9"):
         kit_run(root, **cfg)
     assert not (root / "result0.json").exists()
+
+
+def checkpoint_diff(a: Path, b: Path) -> float:
+    """Max weight difference of two checkpoints of the same epoch; everything else must be identical.
+
+    Optimizer state, every kit callback's state (RNG states, early-stopping state with its best
+    weights, dropout schedule) and the loop progress are compared exactly; the checkpoint callback's
+    own entry (paths) is skipped.
+    """
+    ca, cb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
+    assert (ca["epoch"], ca["global_step"]) == (cb["epoch"], cb["global_step"])
+    assert_tree_equal(ca["optimizer_states"], cb["optimizer_states"], "optimizer_states")
+    assert_tree_equal(ca["loops"], cb["loops"], "loops")
+    kit = [k for k in ca["callbacks"] if "Checkpoint" not in str(k)]
+    assert len(kit) >= 3, list(ca["callbacks"])  # SeedEverything, EarlyStopping, DropoutScheduler
+    for key in kit:
+        assert_tree_equal(ca["callbacks"][key], cb["callbacks"][key], str(key))
+    return max_abs_diff(ca["state_dict"], cb["state_dict"])
 
 
 def newest_checkpoint(root: Path) -> Path:
@@ -62,10 +81,17 @@ def test_three_sigkills_then_resumes_are_bit_identical(
             [v for v in reference["vals"] if v[0] >= start_epoch]
         )
 
+    def check_killed_segment(*epochs: int) -> None:
+        # what a killed segment left on disk is what the uninterrupted run wrote at the same epochs
+        for epoch in epochs:
+            name = f"epoch={epoch}.ckpt"
+            diffs.append(checkpoint_diff(reference["root"] / "ckpts" / name, tmp_path / "ckpts" / name))
+
     # 1. kill right after the checkpoint of epoch 0
     killed(tmp_path, kill_after=0)
     ckpt = newest_checkpoint(tmp_path)
     assert ckpt.name == "epoch=0.ckpt"
+    check_killed_segment(0)
 
     # 2. resume; kill inside the commit of epoch 2's checkpoint (temp file written, not moved)
     killed(tmp_path, ckpt_path=str(ckpt), kill_in_commit=2)
@@ -76,17 +102,22 @@ def test_three_sigkills_then_resumes_are_bit_identical(
     assert ckpt.name == "epoch=1.ckpt"
     torch.load(ckpt, weights_only=True)  # the previous checkpoint is intact
     temp.unlink()
+    check_killed_segment(1)  # written by the segment resumed from epoch 0
 
     # 3. resume from epoch 1; kill right after the checkpoint of epoch 3
     killed(tmp_path, ckpt_path=str(ckpt), kill_after=3)
     ckpt = newest_checkpoint(tmp_path)
     assert ckpt.name == "epoch=3.ckpt"
+    check_killed_segment(2, 3)  # written by the segment resumed from epoch 1
 
     # resume to the end: early stopping fires at epoch 4 as in the uninterrupted run
     resumed = kit_run(tmp_path, ckpt_path=str(ckpt))
     check_segment(resumed, start_epoch=4)
-    print(f"kill points 0 / commit of 2 / 3: max |w_resumed - w_uninterrupted| = {diffs}")
-    assert diffs == [0.0]
+    print(
+        "checkpoints of epochs 0, 1, 2, 3 written by the killed segments, then the final weights:"
+        f" max |w - w_uninterrupted| = {diffs}"
+    )
+    assert diffs == [0.0] * 5
 
 
 def test_single_kill_resume_from_an_intact_checkpoint(

@@ -156,7 +156,8 @@ _REFERENCE: dict[str, Any] = {}
 def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The uninterrupted run, made once per test session (shared by the fault tests)."""
     if not _REFERENCE:
-        _REFERENCE.update(kit_run(tmp_path_factory.mktemp("reference")))
+        root = tmp_path_factory.mktemp("reference")
+        _REFERENCE.update(kit_run(root), root=root)
     return _REFERENCE
 
 

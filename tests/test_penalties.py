@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import TinyMLP, TinyTransformer
+from conftest import TinyMLP, TinyTransformer, needs_cxx
 from torch import nn
 
 from lightning_regkit.penalties import (
@@ -300,3 +300,63 @@ def test_fused_chunked_plan_matches_reference_on_large_tensors(order: str) -> No
     ref_l2 = sum(float(w.double().pow(2).sum()) for w in weights)
     assert float(values["l1"]) == pytest.approx(l1 * ref_l1, rel=1e-6)
     assert float(values["l2"]) == pytest.approx(l2 * ref_l2, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- compiled kernel
+@pytest.mark.slow
+@needs_cxx
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_kernel_matches_foreach_and_never_recompiles(dtype: torch.dtype) -> None:
+    """``compiled=True`` (one torch.compile kernel for L1+L2) gives the foreach gradient, on tensors above
+    and below the chunk size; a new strength (a schedule) reuses the kernel without recompiling."""
+    net = nn.Sequential(nn.Linear(700, 600), nn.ReLU(), nn.Linear(600, 5), nn.Linear(5, 3)).to(dtype)
+    _set_weights(net, seed=5)
+    strengths = Linear(0.01, 0.03)
+    grads = {}
+    for compiled in (False, True):
+        plan = resolve_penalties([L1(strengths), L2(0.02)], net, compiled=compiled)
+        for p in net.parameters():
+            p.grad = torch.full_like(p, 0.125)
+        plan.add_grads_(0, 10)
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            plan.add_grads_(7, 10)  # another L1 strength: the same compiled kernel
+        grads[compiled] = [p.grad.clone() for p in net.parameters()]
+    assert plan._scratch[0]._kernels is not None and plan._scratch[0]._kernels[0][2].kinds_compiled == [
+        ("l1", "l2")
+    ]
+    tol = {"rtol": 0, "atol": 1e-7} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
+    for fast, comp in zip(grads[False], grads[True], strict=True):
+        torch.testing.assert_close(comp, fast, **tol)
+    assert any(not torch.equal(g, torch.full_like(g, 0.125)) for g in grads[True])  # it did add something
+
+
+def test_compiled_kernel_falls_back_to_foreach_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a working compiler the plan warns once and uses the foreach kernels (same gradient)."""
+    import lightning_regkit.compiled as compiled_mod
+
+    def broken_compile(fn, **kwargs):  # type: ignore[no-untyped-def]
+        def run(*args, **kw):  # type: ignore[no-untyped-def]
+            raise RuntimeError("no C++ compiler found\nmore detail")
+
+        return run
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", broken_compile)
+    monkeypatch.setattr(compiled_mod, "_KERNELS", {})
+    monkeypatch.setattr(compiled_mod, "_FAILED", {})
+    net = TinyMLP()
+    _set_weights(net)
+    expected = resolve_penalties([L1(0.1), L2(0.2)], net)
+    plan = resolve_penalties([L1(0.1), L2(0.2)], net, compiled=True)
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    expected.add_grads_(0)
+    reference = [p.grad.clone() for p in net.parameters()]
+    for p in net.parameters():
+        p.grad = torch.zeros_like(p)
+    with pytest.warns(
+        RuntimeWarning, match=r"compiled L1/L2 kernel is unavailable \(RuntimeError: no C\+\+ compiler"
+    ):
+        plan.add_grads_(0)
+    for p, ref in zip(net.parameters(), reference, strict=True):
+        assert torch.equal(p.grad, ref)
+    assert plan._scratch[0].compiled is False  # later steps go straight to the foreach kernels

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import (
+    HAS_CXX,
     ClassifierSteps,
     LitClassifier,
     SyntheticDataModule,
@@ -24,6 +25,7 @@ from conftest import (
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+import lightning_regkit.compiled as compiled_kernels
 from lightning_regkit.callbacks.weight_penalty import WeightPenalty
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import L1, L2, MaxNorm
@@ -78,7 +80,7 @@ PEN = {"l1": 1e-3, "l2": 2e-2}
 # ----------------------------------------------------------------------------- equivalences
 def test_fast_autograd_callback_agree_and_returned_loss_includes_value(tmp_path: Path) -> None:
     runs = {}
-    for mode in ("fast", "autograd"):
+    for mode in ("compiled", "autograd", "fast"):
         m = RegClassifier(mode=mode, **PEN)
         trainer = fit(m, tmp_path)
         runs[mode] = m
@@ -88,6 +90,10 @@ def test_fast_autograd_callback_agree_and_returned_loss_includes_value(tmp_path:
     fit(plain, tmp_path, callbacks=[(cb := WeightPenalty(**PEN))])
     fast, auto = weights_of(runs["fast"]), weights_of(runs["autograd"])
     assert max_abs_diff(fast, auto) < 1e-6
+    assert max_abs_diff(fast, weights_of(runs["compiled"])) < 1e-6  # one torch.compile kernel, same gradient
+    shapes = tuple(tuple(p.shape) for p in (m.net.fc1.weight, m.net.fc2.weight))
+    ran = [key for key in compiled_kernels._KERNELS if tuple(x[0] for x in key[1]) == shapes]
+    assert (ran and not compiled_kernels._FAILED) or not HAS_CXX  # it ran compiled, no fallback
     assert max_abs_diff(fast, weights_of(plain)) == 0.0  # the callback is the same core, bit for bit
     unpenalized = PlainClassifier()
     fit(unpenalized, tmp_path)
@@ -331,7 +337,7 @@ def test_pattern_selecting_nothing_fails_at_setup(tmp_path: Path) -> None:
         (
             {"mode": "exact"},
             ValueError,
-            r"RegClassifier: mode must be one of \('fast', 'autograd'\), got 'exact'",
+            r"RegClassifier: mode must be one of \('fast', 'compiled', 'autograd'\), got 'exact'",
         ),
         ({"interval": "batch"}, ValueError, r"RegClassifier: interval must be one of"),
         (

@@ -16,13 +16,15 @@ import yaml
 from conftest import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader
 
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.rng import capture_rng_state, restore_rng_state
 
 # One script, two phases, each phase in its own fresh interpreter. Phase "first" trains 4 epochs
 # straight and 2 epochs + checkpoint, with the callback and with plain Lightning; phase "second"
-# resumes both checkpoints to epoch 4 and trains the callback's 4-epoch run once more.
+# resumes both checkpoints to epoch 4 and trains the callback's 4-epoch run once more. The model has
+# dropout, the loader shuffles, and 2 workers draw random augmentation (torch and NumPy) per sample.
 RESUME_SCRIPT = """
 import json, sys
 import lightning.pytorch as pl
@@ -52,7 +54,9 @@ def run(kit, max_epochs, save=False, ckpt_path=None):
     model = LitClassifier()  # TinyMLP with dropout
     kwargs = trainer_kwargs(".", max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=save)
     trainer = pl.Trainer(**kwargs)
-    trainer.fit(model, SyntheticDataModule(num_workers=NUM_WORKERS, shuffle=True), ckpt_path=ckpt_path)
+    # random augmentation drawn inside 2 worker processes, re-created each epoch
+    data = SyntheticDataModule(num_workers=NUM_WORKERS, shuffle=True, augment=0.1, persistent_workers=False)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     return model, start.epoch
 
 info = {{}}
@@ -108,23 +112,31 @@ def test_plain_lightning_resume_differs(resume_runs: dict[str, Any]) -> None:
 
 
 DDP_SCRIPT = """
+import os
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
 from lightning_regkit.callbacks.seed import SeedEverything
 
+PER_RANK = {per_rank}
+
 def run(max_epochs, save=False, ckpt_path=None):
-    seeder = SeedEverything(11, per_rank=True)
-    seeder.seed_now()
+    seeder = SeedEverything(11, per_rank=PER_RANK)
+    rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning's launcher sets it in the second process
+    seeder.seed_now(rank)
     callbacks = [seeder] + ([ModelCheckpoint(dirpath="ckpt", filename="epoch2")] if save else [])
     model = LitClassifier()
+    torch.save(weights_of(model), f"{name}_init_rank{{rank}}.pt")
     trainer = pl.Trainer(**trainer_kwargs(".", max_epochs=max_epochs, callbacks=callbacks, devices=2,
-                                          strategy="ddp", enable_checkpointing=save))
-    trainer.fit(model, SyntheticDataModule(num_workers=0), ckpt_path=ckpt_path)
+                                          strategy="ddp", enable_checkpointing=save,
+                                          logger=CSVLogger(".", name="{name}")))
+    # shuffled, with random augmentation drawn in 2 workers per rank
+    data = SyntheticDataModule(num_workers=2, augment=0.1, persistent_workers=False)
+    trainer.fit(model, data, ckpt_path=ckpt_path)
     if trainer.global_rank == 0:
         torch.save(weights_of(model), "{name}.pt")
-        torch.save(trainer.current_epoch, "{name}_epochs.pt")
 
 {body}
 """
@@ -132,17 +144,31 @@ def run(max_epochs, save=False, ckpt_path=None):
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_resume_in_new_process_is_bit_identical(tmp_path: Path) -> None:
-    run_python(DDP_SCRIPT.format(name="full", body="run(4)"), cwd=tmp_path)
-    run_python(DDP_SCRIPT.format(name="half", body="run(2, save=True)"), cwd=tmp_path)
-    run_python(DDP_SCRIPT.format(name="resumed", body='run(4, ckpt_path="ckpt/epoch2.ckpt")'), cwd=tmp_path)
+@pytest.mark.parametrize("per_rank", [False, True], ids=["same-seed", "per-rank"])
+def test_ddp_resume_in_new_process_is_bit_identical(tmp_path: Path, per_rank: bool) -> None:
+    def script(name: str, body: str) -> str:
+        return DDP_SCRIPT.format(name=name, body=body, per_rank=per_rank)
+
+    run_python(script("full", "run(4)"), cwd=tmp_path)
+    run_python(script("half", "run(2, save=True)"), cwd=tmp_path)
+    run_python(script("resumed", 'run(4, ckpt_path="ckpt/epoch2.ckpt")'), cwd=tmp_path)
     ckpt = torch.load(tmp_path / "ckpt" / "epoch2.ckpt", weights_only=True)
+    assert ckpt["epoch"] == 1  # the resumed run started from epoch 2 of 4
     state = ckpt["callbacks"]["SeedEverything"]
-    assert state["seed"] == 11
-    assert state["rank_seeds"] == [11, 12]
+    hparams = yaml.safe_load(next((tmp_path / "half").rglob("hparams.yaml")).read_text())
+    assert state["seed"] == hparams["seed"] == 11
     assert len(state["rng"]) == 2  # one RNG state per rank
-    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # distinct per-rank streams
-    assert ckpt["epoch"] == 1
+    same_stream = all(torch.equal(state["rng"][0][k], state["rng"][1][k]) for k in ("torch",))
+    init = [torch.load(tmp_path / f"full_init_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    if per_rank:  # distinct per-rank streams, recorded in the logger and the checkpoint
+        assert state["rank_seeds"] == hparams["rank_seeds"] == [11, 12]
+        assert hparams["seed_per_rank"] is True
+        assert not same_stream
+        assert max_abs_diff(init[0], init[1]) > 0.0  # built after seed_now(rank): different draws
+    else:  # by default every rank gets the same seed: identical initialisation and streams
+        assert "rank_seeds" not in state and hparams["seed_per_rank"] is False
+        assert same_stream
+        assert max_abs_diff(init[0], init[1]) == 0.0
     full = torch.load(tmp_path / "full.pt", weights_only=True)
     assert max_abs_diff(full, torch.load(tmp_path / "resumed.pt", weights_only=True)) == 0.0
     assert max_abs_diff(full, torch.load(tmp_path / "half.pt", weights_only=True)) > 0.0
@@ -166,20 +192,36 @@ def test_different_seeds_differ(tmp_path: Path, a: int, b: int) -> None:
     assert max_abs_diff(wa, weights_of(_fit(tmp_path, SeedEverything(a)))) == 0.0
 
 
-def test_seed_is_applied_at_setup(tmp_path: Path) -> None:
-    """The callback seeds when the stage starts, whatever the global RNG did before."""
-    seeder = SeedEverything(5)
-    draws = []
+class _Predicting(LitClassifier):
+    def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.net(batch[0])
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+@pytest.mark.parametrize("kit", [True, False])
+def test_seed_is_applied_at_setup_of_every_stage(tmp_path: Path, stage: str, kit: bool) -> None:
+    """The callback seeds when the stage starts, whatever the global RNG did before (plain: no)."""
+    draws: list[float] = []  # the first draw of each run
 
     class Draw(pl.Callback):
-        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            draws.append(torch.rand(1).item())
+        def on_fit_start(self, *args: Any) -> None:
+            if len(draws) < run:
+                draws.append(torch.rand(1).item())
 
-    for junk in (1, 2):
-        torch.manual_seed(junk)
-        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[seeder, Draw()]))
-        trainer.fit(LitClassifier(), SyntheticDataModule())
-    assert draws[0] == draws[1]
+        on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+    for run in (1, 2):
+        torch.manual_seed(run)  # a different global state before each run
+        callbacks = [SeedEverything(5), Draw()] if kit else [Draw()]
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=callbacks))
+        data = SyntheticDataModule()
+        if stage == "predict":
+            data.setup()
+            trainer.predict(_Predicting(), DataLoader(data.val_set, batch_size=8))
+        else:
+            getattr(trainer, stage)(_Predicting(), data)
+    assert len(draws) == 2
+    assert (draws[0] == draws[1]) is kit
 
 
 def test_seed_recorded_in_logger_and_checkpoint(tmp_path: Path) -> None:
@@ -244,6 +286,23 @@ def test_mid_epoch_resume_warns(tmp_path: Path) -> None:
     trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, callbacks=[SeedEverything(0)]))
     with pytest.warns(UserWarning, match="mid-epoch"):
         trainer.fit(LitClassifier(), SyntheticDataModule(), ckpt_path=tmp_path / "ckpt" / "step=2.ckpt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("persistent", [True, False])
+def test_resume_with_persistent_workers_warns(tmp_path: Path, persistent: bool) -> None:
+    """Draws inside persistent workers cannot be restored: the resume says so (and only then)."""
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="e1")
+    seeder = SeedEverything(0)
+    _fit(tmp_path, seeder, callbacks=[seeder, ckpt], enable_checkpointing=True)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=2, callbacks=[SeedEverything(0)]))
+    data = SyntheticDataModule(num_workers=1, augment=0.1, persistent_workers=persistent)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(LitClassifier(), data, ckpt_path=tmp_path / "ckpt" / "e1.ckpt")
+    assert trainer.current_epoch == 2  # it resumed from epoch 1
+    warned = [w for w in caught if "resuming with persistent_workers=True" in str(w.message)]
+    assert len(warned) == (1 if persistent else 0)
 
 
 def test_rng_state_roundtrip_with_weights_only(tmp_path: Path) -> None:

@@ -201,6 +201,8 @@ class DropoutScheduler(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         base = state_dict.get("base")
         self._loaded_base = {str(k): float(v) for k, v in base.items()} if base else None
+        if not self._active:  # reported by state_dict until fit starts (on_fit_start recomputes both)
+            self._t, self._value = state_dict.get("t"), state_dict.get("value")
         if self._active and self._loaded_base:  # strategies that restore after on_fit_start
             self._apply_loaded_base()
 

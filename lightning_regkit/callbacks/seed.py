@@ -74,6 +74,17 @@ def _loader_generators(trainer: pl.Trainer) -> list[torch.Generator]:
     return found
 
 
+def _set_sampler_epochs(trainer: pl.Trainer, epoch: int) -> None:
+    """``set_epoch(epoch)`` on the samplers of the train dataloaders (as Lightning's fit loop does)."""
+    for dl in _train_loaders(trainer):
+        batch_sampler = getattr(dl, "batch_sampler", None)
+        samplers = {id(s): s for s in (getattr(dl, "sampler", None), getattr(batch_sampler, "sampler", None))}
+        for sampler in samplers.values():
+            set_epoch = getattr(sampler, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
+
+
 class SeedEverything(Callback):
     """Seed every run, record the seed, and make resumed runs bit-identical to uninterrupted ones.
 
@@ -89,7 +100,9 @@ class SeedEverything(Callback):
     ``StatefulDataLoader``), because a plain ``DataLoader`` restarts its epoch; random draws made
     *inside* persistent worker processes (``persistent_workers=True``) are not reachable from the
     main process, so such augmentations continue from a fresh worker seed after resume
-    (everything drawn in the main process - shuffle order, dropout - is still exact).
+    (everything drawn in the main process - shuffle order, dropout - is still exact). With
+    ``persistent_workers=False`` workers are re-created each epoch from the restored main RNG, so
+    their draws resume exactly too.
 
     Args:
         seed: The seed, in ``[0, 2**32 - 1]``. ``None`` draws a fresh one from the operating
@@ -273,6 +286,16 @@ class SeedEverything(Callback):
         if pending.get("seed") is not None:  # the resumed run continues the recorded seed: record it
             for logger in trainer.loggers:
                 logger.log_hyperparams(self.seed_record())
+        if any(
+            getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0
+            for dl in _train_loaders(trainer)
+        ):
+            rank_zero_warn(
+                "SeedEverything: resuming with persistent_workers=True: random draws made inside the worker"
+                " processes (augmentation in Dataset.__getitem__) continue from fresh worker seeds, not from"
+                " where the uninterrupted run's workers were; shuffling and everything drawn in the main"
+                " process resume exactly. Use persistent_workers=False for an exact resume of worker draws"
+            )
         gens = _loader_generators(trainer)
         saved_gens = pending.get("loader_generators", [])
         for gen, state in zip(gens, saved_gens, strict=False):
@@ -289,6 +312,11 @@ class SeedEverything(Callback):
             return  # a stateful loader already continues from its saved position: do not re-create it
         # Re-create the train iterator from the restored state, as the uninterrupted run does at the start
         # of each epoch (training_epoch_loop.on_run_start): the shuffle seed and workers' base seed repeat.
+        # The sampler's epoch first: Lightning sets it (DistributedSampler.set_epoch) only later, in
+        # on_advance_start, and a multi-worker iterator draws its first indices as soon as it is created, so
+        # without this a DDP resume with num_workers > 0 replays the wrong shuffle for its first epoch.
+        progress = trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker, typed as its base
+        _set_sampler_epochs(trainer, int(progress.processed))  # type: ignore[attr-defined]
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
         if fetcher is not None:
             iter(fetcher)

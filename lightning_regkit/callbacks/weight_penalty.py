@@ -9,6 +9,10 @@ The Lightning adapter around :mod:`lightning_regkit.penalties`, shared with
   to ``.grad`` with multi-tensor kernels: the same gradient as autograd through the loss, at the
   cost of about one optimizer step. Lightning calls the hook inside the closure it hands to
   ``optimizer.step``, so closures evaluated several times (LBFGS) get the gradient every time.
+- **Gradient** (``mode="compiled"``): as ``"fast"``, but L1 (with L2) runs as one ``torch.compile``
+  kernel per dtype and device (:mod:`lightning_regkit.compiled`): one pass over memory instead of
+  three, after a compilation on the first step (needs a C++ compiler on CPU; falls back to the
+  foreach kernels with a warning). L2 alone is already one foreach call and is not compiled.
 - **Gradient** (``mode="autograd"``): the penalty is added, with its graph, to the loss returned by
   ``training_step`` (exact autograd path).
 - **Value**: added (detached in fast mode) to the loss ``training_step`` returns, and logged as
@@ -44,7 +48,7 @@ from lightning_regkit.schedules import ScheduleLike
 
 __all__ = ["WeightPenalty"]
 
-_MODES = ("fast", "autograd")
+_MODES = ("fast", "compiled", "autograd")
 _INTERVALS = ("step", "epoch")
 
 
@@ -122,7 +126,9 @@ class _PenaltyHooks(Callback):
     def state_key(self) -> str:
         """Identifies this instance among several in a checkpoint."""
         kinds = [(p.name, p.include, p.exclude) for p in self.penalties]  # no schedule reprs (addresses)
-        return self._generate_state_key(penalties=repr(kinds), mode=self.mode)
+        # "compiled" is "fast" with another kernel: a checkpoint resumes under either
+        mode = "autograd" if self.mode == "autograd" else "fast"
+        return self._generate_state_key(penalties=repr(kinds), mode=mode)
 
     # ------------------------------------------------------------------ time
     def _time(self) -> tuple[int, int | None]:
@@ -143,7 +149,7 @@ class _PenaltyHooks(Callback):
         self._trainer = trainer
         if stage != "fit" or not self.penalties:
             return
-        self.plan = resolve_penalties(self.penalties, pl_module)
+        self.plan = resolve_penalties(self.penalties, pl_module, compiled=self.mode == "compiled")
         for key, names in zip(self.plan.keys, self.plan.names, strict=True):
             rank_zero_info(f"{self.owner}: {key} applies to {len(names)} parameter tensors")
             rank_zero_debug(f"{self.owner}: {key} parameters: {names}")
@@ -192,7 +198,7 @@ class _PenaltyHooks(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self.mode == "fast" and self.plan is not None and self.plan.adds_gradient:
+        if self.mode != "autograd" and self.plan is not None and self.plan.adds_gradient:
             t, total = self._time()
             self.plan.add_grads_(t, total, _raw(optimizer))
 
@@ -273,8 +279,9 @@ class WeightPenalty(_PenaltyHooks):
         l2: strength of an L2 penalty on the default selection.
         penalties: further penalties, each with its own strength and selection: ``L1``, ``L2``,
             ``MaxNorm`` or dicts ``{"name": "l2", "strength": 1e-4, "include": [...]}``.
-        mode: ``"fast"`` (gradient added to ``.grad`` before the optimizer step) or ``"autograd"``
-            (penalty inside the loss graph).
+        mode: ``"fast"`` (gradient added to ``.grad`` before the optimizer step), ``"compiled"``
+            (the same, with one ``torch.compile`` kernel for L1+L2; compiles on the first step) or
+            ``"autograd"`` (penalty inside the loss graph).
         interval: the schedule's time: ``"step"`` (optimizer steps) or ``"epoch"``.
         value_every_step: compute the value (and add it to the returned loss) at every step, not only
             on logging steps.

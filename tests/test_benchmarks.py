@@ -1,0 +1,48 @@
+"""The benchmarks run (a smoke run each, small sizes) and print every figure the README quotes.
+
+Their timings are not asserted (a shared machine is noisy); the figures must be there and positive.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+FLOAT = r"([0-9]+\.[0-9]+)"
+
+
+def run_benchmark(tmp_path: Path, name: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_penalty_overhead_prints_every_column(tmp_path: Path) -> None:
+    out = run_benchmark(tmp_path, "penalty_overhead.py", "--quick")
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("2x32")]
+    assert [r[2] for r in rows] == ["L2", "L1+L2"]
+    for row in rows:  # naive, autograd, fast, compiled, value, two per-step figures, two speed-ups
+        ratios = [float(c.rstrip("x")) for c in row[3:]]
+        assert len(ratios) == 9 and all(r > 0 for r in ratios), row
+    assert re.search(r"first compiled call .*2x32 " + FLOAT + " s", out)
+    assert re.search(r"overhead [+-]" + FLOAT + "%", out)
+    assert re.search(r"penalty hooks .*: " + FLOAT + "% of the step time", out)
+
+
+def test_kit_overhead_prints_the_ratios(tmp_path: Path) -> None:
+    out = run_benchmark(tmp_path, "kit_overhead.py", "1", "30")
+    assert re.search(r"ratio \(kit on / kit off, median step time\): " + FLOAT, out)
+    assert re.search(r"whole fit wall time .* \(median " + FLOAT + r"\)", out)
+    assert re.search(r"10th percentile .* ratio " + FLOAT, out)
