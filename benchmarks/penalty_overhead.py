@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lightning_regkit.compiled as compiled_kernels
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import L1, L2, resolve_penalties
 
@@ -221,6 +222,9 @@ def main() -> None:
                 + f" {t[f'{key}/naive'] / fast:>9.1f}x {t[f'{key}/naive'] / comp:>9.1f}x"
             )
     print("(L2 alone is one foreach call in both modes; mode='compiled' compiles L1+L2 only)")
+    if compiled_kernels._FAILED:  # the compiled columns then measured the foreach fallback
+        failed = list(compiled_kernels._FAILED.values())
+        print(f"WARNING: compilation failed, the 'comp' columns measure the foreach fallback: {failed}")
     print("first compiled call (compilation, Inductor's disk cache may be warm): " + ", ".join(compile_times))
     print()
     print("end to end: Trainer.fit step time, RegularizedModule(l1=1e-5, l2=1e-4) fast vs no penalty")

@@ -171,7 +171,8 @@ class _Scratch:
         """Apply ``ops`` in order per group: ``("l1", s)`` adds ``s * sign(w)``, ``("l2", s)`` ``2s * w``.
 
         Per element the operations run in the given order, so the result is bit-identical to applying each
-        op to the whole list in turn; the sign is computed once per group and shared by the L1 ops.
+        op to the whole list in turn; the sign is computed once per group and shared by the L1 ops. With
+        ``compiled=True`` an L1 bundle runs as one compiled call instead (equal to float rounding).
         """
         ps = self.params
         if self.compiled and any(kind == "l1" for kind, _ in ops) and self._add_compiled_(grads, ops):
@@ -208,7 +209,10 @@ class _Scratch:
         if self._kernels is None:
             keys = [(p.dtype, p.device) for p in self.params]
             self._kernels = [(a, b, CompiledGrad(self.params[a:b])) for a, b in _runs(keys)]
-        if any(g.dtype != self.params[a].dtype for a, b, _ in self._kernels for g in grads[a:b]):
+        # the kernels are compiled for the parameters' layout: other grad dtypes or strides use foreach
+        if any(
+            g.dtype != p.dtype or g.stride() != p.stride() for g, p in zip(grads, self.params, strict=True)
+        ):
             return False
         done = [kernel(grads[a:b], ops) for a, b, kernel in self._kernels]
         if all(done):
@@ -777,7 +781,8 @@ class PenaltyPlan:
 
         Parameters without a gradient get one, unless none of them has one (a skipped step).
         Consecutive ``L1``/``L2`` penalties over the same parameters run as one fused grouped pass,
-        bit-identical to applying them one after the other.
+        bit-identical to applying them one after the other (with ``compiled=True``: one compiled call,
+        equal to float rounding).
         """
         entries = self._for_optimizer(optimizer)
         bundle: list[tuple[str, float]] = []

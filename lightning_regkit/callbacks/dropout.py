@@ -191,11 +191,10 @@ class DropoutScheduler(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "t": self._t,
-            "value": self._value,
-            "base": {target.name: base for target, base in zip(self.targets, self._base, strict=True)},
-        }
+        base = {target.name: base for target, base in zip(self.targets, self._base, strict=True)}
+        if not self._active and not base and self._loaded_base:  # loaded, fit not started: pass it on
+            base = dict(self._loaded_base)
+        return {"t": self._t, "value": self._value, "base": base}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
