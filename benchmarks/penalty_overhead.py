@@ -198,7 +198,7 @@ def main() -> None:
     )
     print(
         "naive, autograd: value + gradient every step | fast, compiled: gradient every step (mode='fast':"
-        " foreach kernels; mode='compiled': one torch.compile kernel for L1+L2), value on logging steps only;"
+        " foreach kernels; mode='compiled': one torch.compile pass for L1+L2), value on logging steps only;"
         f" PER STEP = grad + value/{LOG_EVERY} (log_every_n_steps={LOG_EVERY})"
     )
     head = ["naive", "autograd", "fast grad", "comp grad", "value", "fast/step", "comp/step"]

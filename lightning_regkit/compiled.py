@@ -64,7 +64,7 @@ def _coeff_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class CompiledGrad:
-    """Adds ``sum(s * sign(w))`` (L1 ops) and ``sum(2 s * w)`` (L2 ops) to the gradients in one kernel.
+    """Adds ``sum(s * sign(w))`` (L1 ops) and ``sum(2 s * w)`` (L2 ops) to the gradients in one compiled call.
 
     Args:
         params: the parameter tensors, all of one dtype and on one device; their layout (shapes,

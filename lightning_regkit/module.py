@@ -72,7 +72,7 @@ class RegularizedModule(pl.LightningModule):
         l2: strength of an L2 penalty on the default selection.
         penalties: further penalties, each with its own strength and selection:
             ``[L2(1e-4), L1(1e-5, include=["encoder.*"]), MaxNorm(3.0, include=["*.weight"])]``.
-        mode: ``"fast"``, ``"compiled"`` (fast, with one ``torch.compile`` kernel for L1+L2; compiles
+        mode: ``"fast"``, ``"compiled"`` (fast, with one ``torch.compile`` pass for L1+L2; compiles
             on the first step) or ``"autograd"`` (penalty in the loss graph).
         interval: the schedule's time: ``"step"`` (optimizer steps) or ``"epoch"``.
         value_every_step: compute the value (and add it to the returned loss) at every step.

@@ -137,6 +137,7 @@ class _Scratch:
         self.params = params
         self.compiled = compiled
         self._kernels: list[tuple[int, int, CompiledGrad]] | None = None
+        self._strides: list[tuple[int, ...]] = []
         if groups is None:
             keys = [(p.dtype, p.device) for p in params]
             groups = [
@@ -209,10 +210,10 @@ class _Scratch:
         if self._kernels is None:
             keys = [(p.dtype, p.device) for p in self.params]
             self._kernels = [(a, b, CompiledGrad(self.params[a:b])) for a, b in _runs(keys)]
-        # the kernels are compiled for the parameters' layout: other grad dtypes or strides use foreach
-        if any(
-            g.dtype != p.dtype or g.stride() != p.stride() for g, p in zip(grads, self.params, strict=True)
-        ):
+            self._strides = [p.stride() for p in self.params]
+        # the kernels are compiled for the parameters' layout (torch keeps a grad's dtype equal to its
+        # parameter's); gradients with other strides, e.g. assigned by hand, take the foreach kernels
+        if any(g.stride() != s for g, s in zip(grads, self._strides, strict=True)):
             return False
         done = [kernel(grads[a:b], ops) for a, b, kernel in self._kernels]
         if all(done):
@@ -866,7 +867,7 @@ def resolve_penalties(
 ) -> PenaltyPlan:
     """Resolve each penalty's parameter selection on ``model`` (once, at setup).
 
-    With ``compiled=True`` the L1 (+L2) gradient runs as one ``torch.compile`` kernel per dtype and
+    With ``compiled=True`` the L1 (+L2) gradient runs as one ``torch.compile`` call per dtype and
     device (see :mod:`lightning_regkit.compiled`), falling back to the foreach kernels with a warning
     where it cannot be compiled.
 

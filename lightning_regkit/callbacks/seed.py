@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
@@ -72,17 +73,6 @@ def _loader_generators(trainer: pl.Trainer) -> list[torch.Generator]:
             if isinstance(gen, torch.Generator) and not any(gen is g for g in found):
                 found.append(gen)
     return found
-
-
-def _set_sampler_epochs(trainer: pl.Trainer, epoch: int) -> None:
-    """``set_epoch(epoch)`` on the samplers of the train dataloaders (as Lightning's fit loop does)."""
-    for dl in _train_loaders(trainer):
-        batch_sampler = getattr(dl, "batch_sampler", None)
-        samplers = {id(s): s for s in (getattr(dl, "sampler", None), getattr(batch_sampler, "sampler", None))}
-        for sampler in samplers.values():
-            set_epoch = getattr(sampler, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(epoch)
 
 
 class SeedEverything(Callback):
@@ -316,7 +306,8 @@ class SeedEverything(Callback):
         # on_advance_start, and a multi-worker iterator draws its first indices as soon as it is created, so
         # without this a DDP resume with num_workers > 0 replays the wrong shuffle for its first epoch.
         progress = trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker, typed as its base
-        _set_sampler_epochs(trainer, int(progress.processed))  # type: ignore[attr-defined]
+        for dl in _train_loaders(trainer):
+            _set_sampler_epoch(dl, int(progress.processed))  # type: ignore[attr-defined]
         fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
         if fetcher is not None:
             iter(fetcher)

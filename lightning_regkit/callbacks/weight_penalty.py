@@ -280,7 +280,7 @@ class WeightPenalty(_PenaltyHooks):
         penalties: further penalties, each with its own strength and selection: ``L1``, ``L2``,
             ``MaxNorm`` or dicts ``{"name": "l2", "strength": 1e-4, "include": [...]}``.
         mode: ``"fast"`` (gradient added to ``.grad`` before the optimizer step), ``"compiled"``
-            (the same, with one ``torch.compile`` kernel for L1+L2; compiles on the first step) or
+            (the same, with one ``torch.compile`` pass for L1+L2; compiles on the first step) or
             ``"autograd"`` (penalty inside the loss graph).
         interval: the schedule's time: ``"step"`` (optimizer steps) or ``"epoch"``.
         value_every_step: compute the value (and add it to the returned loss) at every step, not only
