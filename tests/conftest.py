@@ -7,11 +7,15 @@ Import the classes directly (``from conftest import TinyMLP``: ``tests/`` is on 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -297,13 +301,38 @@ def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ----------------------------------------------------------------------------- subprocesses
+#: Prepended to every subprocess script: ``SIGUSR1`` makes each process of the run (Lightning's
+#: second DDP rank and DataLoader workers inherit it) print every thread's Python stack.
+_STACK_DUMP = "import faulthandler as _fh, signal as _sig; _fh.register(_sig.SIGUSR1, all_threads=True)\n"
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+class _Hung(Exception):
+    """A subprocess run that passed its timeout; the message holds its processes' stacks."""
+
+
 def run_python(
-    code: str, cwd: Path | str, timeout: float = 300, env: dict[str, str] | None = None
+    code: str,
+    cwd: Path | str,
+    timeout: float = 300,
+    env: dict[str, str] | None = None,
+    hang_retries: int = 1,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (``tests/`` and ``examples/`` importable).
 
     Used for DDP runs and for "new process" resume tests. Raises with the child's output if
-    it exits non-zero.
+    it exits non-zero. The script runs in its own process group: on timeout every process in it
+    (the DDP ranks, their DataLoader workers) first prints its Python stacks, so that a hang
+    says where it is, and is then killed; nothing outlives the call.
+
+    A run that hangs (a rare deadlock outside the kit, e.g. a DataLoader worker forked from a rank
+    that runs gloo's threads) is retried ``hang_retries`` times from a clean ``cwd`` (what the
+    hung attempt created there is removed) with a warning that carries its stacks. Only hangs are
+    retried: a run that exits non-zero fails at once, and a hang that repeats fails the test.
     """
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
@@ -313,13 +342,48 @@ def run_python(
     full_env.pop("PL_SEED_WORKERS", None)
     full_env.update(env or {})
     script = Path(cwd) / "_script.py"
-    script.write_text(textwrap.dedent(code))
-    proc = subprocess.run(
-        [sys.executable, str(script)], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    script.write_text(_STACK_DUMP + textwrap.dedent(code))
+    before = set(Path(cwd).iterdir())
+    for attempt in range(hang_retries + 1):
+        try:
+            return _run_once([sys.executable, str(script)], cwd, full_env, timeout)
+        except _Hung as hung:
+            if attempt == hang_retries:
+                raise AssertionError(str(hung)) from None
+            warnings.warn(f"run_python: attempt {attempt + 1} hung and is retried. {hung}", stacklevel=2)
+            for path in set(Path(cwd).iterdir()) - before:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _run_once(
+    args: list[str], cwd: Path | str, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    child = subprocess.Popen(
+        args,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
-    if proc.returncode != 0:
+    try:
+        stdout, stderr = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal_group(child.pid, signal.SIGUSR1)
+        time.sleep(3)
+        _signal_group(child.pid, signal.SIGKILL)
+        stdout, stderr = child.communicate()
+        raise _Hung(
+            f"The subprocess timed out after {timeout} s; the Python stacks of its processes follow\n"
+            f"--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-16000:]}"
+        ) from None
+    finally:
+        _signal_group(child.pid, signal.SIGKILL)  # orphans (a rank, a worker) must not outlive the run
+    if child.returncode != 0:
         raise AssertionError(
-            f"subprocess failed with {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n"
-            f"--- stderr\n{proc.stderr[-6000:]}"
+            f"subprocess failed with {child.returncode}\n--- stdout\n{stdout[-4000:]}\n"
+            f"--- stderr\n{stderr[-6000:]}"
         )
-    return proc
+    return subprocess.CompletedProcess(args, child.returncode, stdout, stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,50 @@ def test_ddp_on_cpu_runs(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert "WORLD 2 SAME True" in proc.stdout
+
+
+def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A hung subprocess (here: a parent and a forked child, as a DDP rank and its workers) fails
+    with every process's Python stack, and the whole process group is gone afterwards."""
+    code = """
+        import os, time
+        def child_waits():
+            time.sleep(600)
+        def parent_waits():
+            time.sleep(600)
+        if os.fork() == 0:
+            open("child_pid", "w").write(str(os.getpid()))
+            child_waits()
+        parent_waits()
+        """
+    with pytest.raises(AssertionError, match="timed out after 6 s") as err:
+        run_python(code, tmp_path, timeout=6, hang_retries=0)
+    assert "in child_waits" in str(err.value) and "in parent_waits" in str(err.value)
+    stat = Path(f"/proc/{(tmp_path / 'child_pid').read_text()}/stat")
+    for _ in range(50):  # the orphaned child was killed with its group; init reaps it
+        if not stat.exists() or stat.read_text().split()[2] == "Z":
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"the forked child outlived run_python: {stat.read_text()}")
+
+
+def test_run_python_retries_a_hang_once_from_a_clean_directory(tmp_path: Path) -> None:
+    """A run that hangs once is retried with a warning that holds its stacks; what it left is removed."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "kept.txt").write_text("made before the run")
+    code = f"""
+        import os, time
+        def first_attempt_waits():
+            time.sleep(600)
+        print("at start", sorted(os.listdir(".")))
+        open("partial.txt", "w").write("left by the attempt that hung")
+        if not os.path.exists({str(tmp_path / "hung_once")!r}):
+            open({str(tmp_path / "hung_once")!r}, "w").close()
+            first_attempt_waits()
+        """
+    with pytest.warns(UserWarning, match="attempt 1 hung and is retried") as record:
+        proc = run_python(code, tmp_path / "run", timeout=6)
+    assert "in first_attempt_waits" in str(record[0].message)
+    # the retry started from the directory as it was: the hung attempt's partial.txt had been removed
+    assert "at start ['_script.py', 'kept.txt']" in proc.stdout
