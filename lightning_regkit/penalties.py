@@ -138,6 +138,7 @@ class _Scratch:
         self.compiled = compiled
         self._kernels: list[tuple[int, int, CompiledGrad]] | None = None
         self._strides: list[tuple[int, ...]] = []
+        self._fallbacks: dict[tuple[int, ...], _Scratch] = {}  # foreach passes for runs that did not compile
         if groups is None:
             keys = [(p.dtype, p.device) for p in params]
             groups = [
@@ -219,10 +220,12 @@ class _Scratch:
         if all(done):
             return True
         if any(done):  # a run compiled and one did not: finish the others with the foreach kernels
-            rest = [
+            rest = tuple(
                 i for (a, b, _), ok in zip(self._kernels, done, strict=True) if not ok for i in range(a, b)
-            ]
-            _Scratch([self.params[i] for i in rest]).add_grads_([grads[i] for i in rest], ops)
+            )
+            if rest not in self._fallbacks:  # a compile failure is final: built once, reused every step
+                self._fallbacks[rest] = _Scratch([self.params[i] for i in rest])
+            self._fallbacks[rest].add_grads_([grads[i] for i in rest], ops)
             return True
         self.compiled = False  # nothing compiles here: stay on the foreach kernels
         return False

@@ -343,17 +343,18 @@ def run_python(
     full_env.update(env or {})
     script = Path(cwd) / "_script.py"
     script.write_text(_STACK_DUMP + textwrap.dedent(code))
-    before = set(Path(cwd).iterdir())
-    for attempt in range(hang_retries + 1):
+    args, before = [sys.executable, str(script)], set(Path(cwd).iterdir())
+    for attempt in range(1, hang_retries + 1):
         try:
-            return _run_once([sys.executable, str(script)], cwd, full_env, timeout)
+            return _run_once(args, cwd, full_env, timeout)
         except _Hung as hung:
-            if attempt == hang_retries:
-                raise AssertionError(str(hung)) from None
-            warnings.warn(f"run_python: attempt {attempt + 1} hung and is retried. {hung}", stacklevel=2)
+            warnings.warn(f"run_python: attempt {attempt} hung and is retried. {hung}", stacklevel=2)
             for path in set(Path(cwd).iterdir()) - before:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
-    raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        return _run_once(args, cwd, full_env, timeout)
+    except _Hung as hung:
+        raise AssertionError(str(hung)) from None
 
 
 def _run_once(

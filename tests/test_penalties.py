@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -385,3 +386,41 @@ def test_compiled_kernel_falls_back_to_foreach_with_a_warning(monkeypatch: pytes
     for p, ref in zip(net.parameters(), reference, strict=True):
         assert torch.equal(p.grad, ref)
     assert plan._scratch[0].compiled is False  # later steps go straight to the foreach kernels
+
+
+def test_compiled_kernel_partial_fallback_matches_foreach(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Parameters of two dtypes make two kernels; when only one compiles, the other run takes the
+    foreach kernels (built once, reused every step) and the whole gradient equals the foreach one."""
+    import lightning_regkit.compiled as compiled_mod
+
+    def compile_fails_for_float64(fn, **kwargs):  # type: ignore[no-untyped-def]
+        def run(grads, params, coeffs, kinds):  # type: ignore[no-untyped-def]
+            if params[0].dtype == torch.float64:
+                raise RuntimeError("no float64 kernel")
+            return fn(grads, params, coeffs, kinds)  # stands in for the compiled function
+
+        return run
+
+    monkeypatch.setattr(compiled_mod.torch, "compile", compile_fails_for_float64)
+    monkeypatch.setattr(compiled_mod, "_KERNELS", {})
+    monkeypatch.setattr(compiled_mod, "_FAILED", {})
+    net = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2).double())
+    _set_weights(net, seed=3)
+    grads: dict[bool, list[list[torch.Tensor]]] = {}
+    for compiled in (False, True):
+        plan = resolve_penalties([L1(0.1), L2(0.2)], net, compiled=compiled)
+        grads[compiled] = []
+        for step in range(2):
+            for p in net.parameters():
+                p.grad = torch.full_like(p, 0.5)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # the float64 run's fallback warning
+                plan.add_grads_(step)
+            grads[compiled].append([p.grad.clone() for p in net.parameters()])
+    scratch = plan._scratch[0]
+    assert [k[2].kinds_compiled for k in scratch._kernels] == [[("l1", "l2")], []]  # float32 ran compiled
+    assert len(scratch._fallbacks) == 1 and scratch.compiled  # one fallback, reused on the second step
+    for fast_step, comp_step in zip(grads[False], grads[True], strict=True):
+        for fast, comp in zip(fast_step, comp_step, strict=True):
+            torch.testing.assert_close(comp, fast, rtol=0, atol=1e-7)
+    assert not torch.equal(grads[True][0][0], torch.full_like(grads[True][0][0], 0.5))  # it added something
