@@ -13,9 +13,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -301,9 +301,21 @@ def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 # ----------------------------------------------------------------------------- subprocesses
-#: Prepended to every subprocess script: ``SIGUSR1`` makes each process of the run (Lightning's
-#: second DDP rank and DataLoader workers inherit it) print every thread's Python stack.
-_STACK_DUMP = "import faulthandler as _fh, signal as _sig; _fh.register(_sig.SIGUSR1, all_threads=True)\n"
+#: Prepended to every subprocess script. ``SIGUSR1`` makes a process print every thread's Python
+#: stack into a file of its own, ``stack-<time>-<pid>.txt`` in ``$REGKIT_STACK_DIR``: the script's
+#: process, every process forked from it (DataLoader workers; ``os.register_at_fork`` opens the
+#: child's own file) and every process that runs the script again (Lightning's DDP ranks). One file
+#: per process, so the dumps of processes that print at the same moment never interleave.
+_STACK_DUMP = """\
+import faulthandler as _fh, os as _os, signal as _sig, time as _time
+def _regkit_stack_file():
+    if _os.environ.get("REGKIT_STACK_DIR"):
+        name = f"stack-{_time.time_ns()}-{_os.getpid()}.txt"
+        _fh.register(_sig.SIGUSR1, file=open(_os.path.join(_os.environ["REGKIT_STACK_DIR"], name), "w"),
+                     all_threads=True)
+_regkit_stack_file()
+_os.register_at_fork(after_in_child=_regkit_stack_file)
+"""
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -311,28 +323,33 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-class _Hung(Exception):
-    """A subprocess run that passed its timeout; the message holds its processes' stacks."""
+def _collect_stacks(stack_dir: Path, wait: float = 5.0) -> str:
+    """Ask every process of the group to dump its stacks (already signalled), wait until each file has
+    its dump (or ``wait`` s passed), and join the files in the order the processes started."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        files = sorted(stack_dir.iterdir())
+        if files and all(f.stat().st_size for f in files):
+            break
+        time.sleep(0.1)
+    parts = []
+    for f in sorted(stack_dir.iterdir()):
+        pid = f.stem.rsplit("-", 1)[1]
+        text = f.read_text().rstrip() or "(no dump: the process had ended or did not answer SIGUSR1)"
+        parts.append(f"--- process {pid}\n{text}")
+    return "\n".join(parts) or "(no process registered a stack dump)"
 
 
 def run_python(
-    code: str,
-    cwd: Path | str,
-    timeout: float = 300,
-    env: dict[str, str] | None = None,
-    hang_retries: int = 1,
+    code: str, cwd: Path | str, timeout: float = 300, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (``tests/`` and ``examples/`` importable).
 
-    Used for DDP runs and for "new process" resume tests. Raises with the child's output if
-    it exits non-zero. The script runs in its own process group: on timeout every process in it
-    (the DDP ranks, their DataLoader workers) first prints its Python stacks, so that a hang
-    says where it is, and is then killed; nothing outlives the call.
-
-    A run that hangs (a rare deadlock outside the kit, e.g. a DataLoader worker forked from a rank
-    that runs gloo's threads) is retried ``hang_retries`` times from a clean ``cwd`` (what the
-    hung attempt created there is removed) with a warning that carries its stacks. Only hangs are
-    retried: a run that exits non-zero fails at once, and a hang that repeats fails the test.
+    Used for DDP runs and for "new process" resume tests. Raises with the child's output if it
+    exits non-zero. The script runs in its own process group. A run that passes ``timeout`` fails
+    the test (it is never retried): every process of the group (the DDP ranks, their DataLoader
+    workers) first writes its Python stacks to a file of its own, the failure message joins those
+    dumps process by process, and the whole group is then killed, so nothing outlives the call.
     """
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(
@@ -343,45 +360,31 @@ def run_python(
     full_env.update(env or {})
     script = Path(cwd) / "_script.py"
     script.write_text(_STACK_DUMP + textwrap.dedent(code))
-    args, before = [sys.executable, str(script)], set(Path(cwd).iterdir())
-    for attempt in range(1, hang_retries + 1):
+    args = [sys.executable, str(script)]
+    with tempfile.TemporaryDirectory(prefix="regkit-stacks-") as stack_dir:
+        full_env["REGKIT_STACK_DIR"] = stack_dir
+        child = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
-            return _run_once(args, cwd, full_env, timeout)
-        except _Hung as hung:
-            warnings.warn(f"run_python: attempt {attempt} hung and is retried. {hung}", stacklevel=2)
-            for path in set(Path(cwd).iterdir()) - before:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-    try:
-        return _run_once(args, cwd, full_env, timeout)
-    except _Hung as hung:
-        raise AssertionError(str(hung)) from None
-
-
-def _run_once(
-    args: list[str], cwd: Path | str, env: dict[str, str], timeout: float
-) -> subprocess.CompletedProcess[str]:
-    child = subprocess.Popen(
-        args,
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        stdout, stderr = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _signal_group(child.pid, signal.SIGUSR1)
-        time.sleep(3)
-        _signal_group(child.pid, signal.SIGKILL)
-        stdout, stderr = child.communicate()
-        raise _Hung(
-            f"The subprocess timed out after {timeout} s; the Python stacks of its processes follow\n"
-            f"--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-16000:]}"
-        ) from None
-    finally:
-        _signal_group(child.pid, signal.SIGKILL)  # orphans (a rank, a worker) must not outlive the run
+            stdout, stderr = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(child.pid, signal.SIGUSR1)
+            stacks = _collect_stacks(Path(stack_dir))
+            _signal_group(child.pid, signal.SIGKILL)
+            stdout, stderr = child.communicate()
+            raise AssertionError(
+                f"The subprocess timed out after {timeout} s; the Python stacks of its processes follow\n"
+                f"{stacks}\n--- stdout\n{stdout[-4000:]}\n--- stderr\n{stderr[-8000:]}"
+            ) from None
+        finally:
+            _signal_group(child.pid, signal.SIGKILL)  # orphans (a rank, a worker) must not outlive the run
     if child.returncode != 0:
         raise AssertionError(
             f"subprocess failed with {child.returncode}\n--- stdout\n{stdout[-4000:]}\n"

@@ -125,48 +125,67 @@ def test_ddp_on_cpu_runs(tmp_path: Path) -> None:
     assert "WORLD 2 SAME True" in proc.stdout
 
 
-def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path) -> None:
-    """A hung subprocess (here: a parent and a forked child, as a DDP rank and its workers) fails
-    with every process's Python stack, and the whole process group is gone afterwards."""
-    code = """
-        import os, time
-        def child_waits():
-            time.sleep(600)
-        def parent_waits():
-            time.sleep(600)
-        if os.fork() == 0:
-            open("child_pid", "w").write(str(os.getpid()))
-            child_waits()
-        parent_waits()
-        """
-    with pytest.raises(AssertionError, match="timed out after 6 s") as err:
-        run_python(code, tmp_path, timeout=6, hang_retries=0)
-    assert "in child_waits" in str(err.value) and "in parent_waits" in str(err.value)
-    stat = Path(f"/proc/{(tmp_path / 'child_pid').read_text()}/stat")
-    for _ in range(50):  # the orphaned child was killed with its group; init reaps it
+def _wait_gone(pid: str) -> None:
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(50):  # killed with its group; init reaps it
         if not stat.exists() or stat.read_text().split()[2] == "Z":
-            break
+            return
         time.sleep(0.1)
-    else:
-        raise AssertionError(f"the forked child outlived run_python: {stat.read_text()}")
+    raise AssertionError(f"process {pid} outlived run_python: {stat.read_text()}")
 
 
-def test_run_python_retries_a_hang_once_from_a_clean_directory(tmp_path: Path) -> None:
-    """A run that hangs once is retried with a warning that holds its stacks; what it left is removed."""
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "kept.txt").write_text("made before the run")
-    code = f"""
-        import os, time
-        def first_attempt_waits():
-            time.sleep(600)
-        print("at start", sorted(os.listdir(".")))
-        open("partial.txt", "w").write("left by the attempt that hung")
-        if not os.path.exists({str(tmp_path / "hung_once")!r}):
-            open({str(tmp_path / "hung_once")!r}, "w").close()
-            first_attempt_waits()
+def _dump_of(message: str, pid: str) -> str:
+    """The stack dump that ``run_python``'s failure message holds for process ``pid``."""
+    m = re.search(rf"^--- process {pid}\n(.*?)(?=^--- )", message, flags=re.M | re.S)
+    assert m, f"no dump for process {pid} in:\n{message}"
+    return m.group(1)
+
+
+HANG_SCRIPT = """
+    import os, subprocess, sys, time
+    def grandchild_waits():
+        time.sleep(600)
+    def child_waits():
+        time.sleep(600)
+    def parent_waits():
+        time.sleep(600)
+    if os.environ.get("ROLE") == "rank1":  # the script run again, as Lightning starts a DDP rank
+        open("rank1_pid", "w").write(str(os.getpid()))
+        grandchild_waits()
+    subprocess.Popen([sys.executable, sys.argv[0]], env={**os.environ, "ROLE": "rank1"})
+    if os.fork() == 0:  # as a DataLoader worker
+        open("child_pid", "w").write(str(os.getpid()))
+        child_waits()
+    open("parent_pid", "w").write(str(os.getpid()))
+    parent_waits()
+    """
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path, attempt: int) -> None:
+    """A hung subprocess (a parent, a forked child as a DataLoader worker, the script started again
+    as a DDP rank) fails with every process's whole Python stack, each dump in a section of its own
+    (never interleaved with another process's), and the whole process group is gone afterwards."""
+    with pytest.raises(AssertionError, match="timed out after 6 s") as err:
+        run_python(HANG_SCRIPT, tmp_path, timeout=6)
+    message = str(err.value)
+    for role, frame in [("parent", "parent_waits"), ("child", "child_waits"), ("rank1", "grandchild_waits")]:
+        pid = (tmp_path / f"{role}_pid").read_text()
+        dump = _dump_of(message, pid)
+        assert f"in {frame}" in dump and "in <module>" in dump, (role, dump)
+        assert not {"parent_waits", "child_waits", "grandchild_waits"} - {frame} & set(
+            re.findall(r"in (\w+)", dump)
+        ), (role, dump)
+        _wait_gone(pid)
+
+
+def test_run_python_does_not_retry_a_hang(tmp_path: Path) -> None:
+    """A hang fails the test at once: the script ran exactly once."""
+    code = """
+        import time
+        open("runs.txt", "a").write("run\\n")
+        time.sleep(600)
         """
-    with pytest.warns(UserWarning, match="attempt 1 hung and is retried") as record:
-        proc = run_python(code, tmp_path / "run", timeout=6)
-    assert "in first_attempt_waits" in str(record[0].message)
-    # the retry started from the directory as it was: the hung attempt's partial.txt had been removed
-    assert "at start ['_script.py', 'kept.txt']" in proc.stdout
+    with pytest.raises(AssertionError, match="timed out after 3 s"):
+        run_python(code, tmp_path, timeout=3)
+    assert (tmp_path / "runs.txt").read_text() == "run\n"
