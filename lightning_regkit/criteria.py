@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -165,7 +165,11 @@ class StoppingCriterion(ABC):
 
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore progress saved by :meth:`state_dict`."""
+        """Restore progress saved by :meth:`state_dict`.
+
+        Checks every field (type, range, consistency) before it changes anything, and raises a
+        ``TypeError``/``ValueError`` naming the criterion and the field.
+        """
 
 
 def _check_alpha(owner: str, alpha: float) -> float:
@@ -188,8 +192,74 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.6g}"
 
 
-def _opt_float(x: Any) -> float | None:
-    return None if x is None else float(x)
+# ----------------------------------------------------------------------------- validated loads
+def _state(owner: str, state: Any) -> Mapping[str, Any]:
+    """``state`` as a mapping written by ``owner`` (its ``name``, when present, must be ``owner``)."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{owner}: state must be a dict, got {type(state).__name__}")
+    name = state.get("name", owner)  # written since the states were validated; older ones lack it
+    if name != owner:
+        raise ValueError(
+            f"{owner}: state field 'name' must be {owner!r} (a state of another criterion?), got {name!r}"
+        )
+    return state
+
+
+def _field(owner: str, state: Mapping[str, Any], key: str) -> Any:
+    if key not in state:
+        raise ValueError(f"{owner}: state field {key!r} is missing (the state has {sorted(state)})")
+    return state[key]
+
+
+def _state_int(owner: str, state: Mapping[str, Any], key: str, maximum: int | None = None) -> int:
+    value = _field(owner, state, key)
+    allowed = "an int >= 0" if maximum is None else f"an int in [0, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{owner}: state field {key!r} must be {allowed}, got {value!r}")
+    if value < 0 or (maximum is not None and value > maximum):
+        raise ValueError(f"{owner}: state field {key!r} must be {allowed}, got {value!r}")
+    return value
+
+
+def _state_number(
+    owner: str, key: str, value: Any, *, error: bool = True, infinite: bool = False, optional: bool = False
+) -> float | None:
+    """A real number from a state: an error (>= 0) or any finite value; ``inf`` only if ``infinite``."""
+    if value is None and optional:
+        return None
+    allowed = "an error >= 0" if error else "a finite number"
+    if infinite:
+        allowed += " (or inf)"
+    if optional:
+        allowed += " or None"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{owner}: state field {key!r} must be {allowed}, got {value!r}")
+    value = float(value)
+    if math.isnan(value) or (math.isinf(value) and not (infinite and value > 0)) or (error and value < 0):
+        raise ValueError(f"{owner}: state field {key!r} must be {allowed}, got {value!r}")
+    return value
+
+
+def _state_errors(owner: str, state: Mapping[str, Any]) -> tuple[int, float, float | None, float]:
+    """``t``, ``e_opt``, ``e_va`` and ``gl`` of GL and PQ, checked against each other."""
+    t = _state_int(owner, state, "t")
+    e_opt = _state_number(owner, "e_opt", _field(owner, state, "e_opt"), infinite=True)
+    e_va = _state_number(owner, "e_va", _field(owner, state, "e_va"), optional=True)
+    gl = _state_number(owner, "gl", _field(owner, state, "gl"), infinite=True)
+    assert e_opt is not None and gl is not None
+    if t == 0 and (e_va is not None or e_opt != math.inf):
+        raise ValueError(
+            f"{owner}: state fields 'e_va' and 'e_opt' must be None and inf before the first update "
+            f"(t=0), got e_va={e_va!r}, e_opt={e_opt!r}"
+        )
+    if t > 0 and e_va is None:
+        raise ValueError(f"{owner}: state field 'e_va' must be an error >= 0 once t > 0, got None (t={t})")
+    if e_va is not None and not e_opt <= e_va:
+        raise ValueError(
+            f"{owner}: state field 'e_opt' (the lowest error) must be <= 'e_va' (the last, {e_va!r}), "
+            f"got {e_opt!r}"
+        )
+    return t, e_opt, e_va, gl
 
 
 @dataclass
@@ -238,12 +308,19 @@ class GL(StoppingCriterion):
 
     def state_dict(self) -> dict[str, Any]:
         """Progress: update count, lowest error, last error and GL."""
-        return {"t": self.t, "e_opt": self.e_opt, "e_va": self.e_va, "gl": self.gl}
+        return {"name": self.name, "t": self.t, "e_opt": self.e_opt, "e_va": self.e_va, "gl": self.gl}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore progress."""
-        self.t, self.e_opt = int(state["t"]), float(state["e_opt"])
-        self.e_va, self.gl = _opt_float(state["e_va"]), float(state["gl"])
+        """Restore progress, validated first.
+
+        Example:
+            >>> gl = GL(alpha=5.0)
+            >>> gl.load_state_dict({"t": 2, "e_opt": 0.5, "e_va": 0.4, "gl": 0.0})
+            Traceback (most recent call last):
+            ...
+            ValueError: GL: state field 'e_opt' (the lowest error) must be <= 'e_va' (the last, 0.4), got 0.5
+        """
+        self.t, self.e_opt, self.e_va, self.gl = _state_errors("GL", _state("GL", state))
 
 
 @dataclass
@@ -310,6 +387,7 @@ class PQ(StoppingCriterion):
     def state_dict(self) -> dict[str, Any]:
         """Progress: update count, lowest error, the current strip's training errors, last values."""
         return {
+            "name": self.name,
             "t": self.t,
             "e_opt": self.e_opt,
             "e_va": self.e_va,
@@ -320,11 +398,45 @@ class PQ(StoppingCriterion):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore progress."""
-        self.t, self.e_opt, self.e_va = int(state["t"]), float(state["e_opt"]), _opt_float(state["e_va"])
-        self.train_strip = [float(x) for x in state["train_strip"]]
-        self.gl, self.progress = float(state["gl"]), _opt_float(state["progress"])
-        self.quotient = _opt_float(state["quotient"])
+        """Restore progress, validated first.
+
+        ``train_strip`` may hold more values than a new, shorter ``strip``: the last ones are kept.
+
+        Example:
+            >>> pq = PQ(alpha=1.0, strip=2)
+            >>> pq.load_state_dict({"t": 1, "e_opt": 0.5, "e_va": 0.5, "gl": 0.0, "train_strip": [0.9, 0.8],
+            ...                     "progress": None, "quotient": None})
+            Traceback (most recent call last):
+            ...
+            ValueError: PQ: state field 'train_strip' holds 2 training errors, more than the t=1 updates made
+        """
+        fields = _state("PQ", state)
+        t, e_opt, e_va, gl = _state_errors("PQ", fields)
+        values = _field("PQ", fields, "train_strip")
+        if not isinstance(values, (list, tuple)):
+            raise TypeError(
+                f"PQ: state field 'train_strip' must be a list of training errors >= 0, got {values!r}"
+            )
+        train_strip = [_state_number("PQ", "train_strip", x) for x in values]
+        if len(train_strip) > t or (t > 0 and not train_strip):
+            raise ValueError(
+                f"PQ: state field 'train_strip' holds {len(train_strip)} training errors, "
+                f"{'more than' if train_strip else 'none of'} the t={t} updates made"
+            )
+        progress = _state_number(
+            "PQ", "progress", _field("PQ", fields, "progress"), infinite=True, optional=True
+        )
+        quotient = _state_number(
+            "PQ", "quotient", _field("PQ", fields, "quotient"), infinite=True, optional=True
+        )
+        if (progress is None) != (quotient is None) or (progress is not None and t == 0):
+            raise ValueError(
+                "PQ: state field 'quotient' must be set exactly when 'progress' is (both at the end of a "
+                f"strip, t > 0), got quotient={quotient!r}, progress={progress!r}, t={t}"
+            )
+        self.t, self.e_opt, self.e_va, self.gl = t, e_opt, e_va, gl
+        self.train_strip = [float(x) for x in train_strip[-self.strip :]]  # type: ignore[arg-type]
+        self.progress, self.quotient = progress, quotient
 
 
 @dataclass
@@ -381,9 +493,38 @@ class UP(StoppingCriterion):
 
     def state_dict(self) -> dict[str, Any]:
         """Progress: update count, error at the last end of strip, consecutive rises."""
-        return {"t": self.t, "previous": self.previous, "e_va": self.e_va, "rises": self.rises}
+        return {
+            "name": self.name,
+            "t": self.t,
+            "previous": self.previous,
+            "e_va": self.e_va,
+            "rises": self.rises,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore progress."""
-        self.t, self.rises = int(state["t"]), int(state["rises"])
-        self.previous, self.e_va = _opt_float(state["previous"]), _opt_float(state["e_va"])
+        """Restore progress, validated first.
+
+        Example:
+            >>> UP(s=2).load_state_dict({"t": 3, "previous": 0.5, "e_va": 0.5, "rises": 4})
+            Traceback (most recent call last):
+            ...
+            ValueError: UP: state field 'rises' must be an int in [0, 3], got 4
+        """
+        fields = _state("UP", state)
+        t = _state_int("UP", fields, "t")
+        rises = _state_int("UP", fields, "rises", maximum=t)
+        previous = _state_number(
+            "UP", "previous", _field("UP", fields, "previous"), error=False, optional=True
+        )
+        e_va = _state_number("UP", "e_va", _field("UP", fields, "e_va"), error=False, optional=True)
+        if (
+            (previous is None) != (e_va is None)
+            or (previous is None and rises > 0)
+            or (previous is not None and t == 0)
+        ):
+            raise ValueError(
+                "UP: state field 'previous' (the error at the last end of strip) must be set exactly when "
+                f"'e_va' is, and after a first end of strip, got previous={previous!r}, e_va={e_va!r}, "
+                f"t={t}, rises={rises}"
+            )
+        self.t, self.rises, self.previous, self.e_va = t, rises, previous, e_va

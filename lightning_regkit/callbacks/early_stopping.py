@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from enum import Enum
 from typing import Any
 
@@ -36,16 +37,19 @@ CRITERIA = ("patience", "GL", "PQ", "UP")
 class RegkitStoppingReason(Enum):
     """Stopping reasons added by the kit; Lightning's own reasons stay :class:`EarlyStoppingReason`.
 
-    The values continue Lightning's numbering, so ``stopping_reason.value`` is unique across both.
+    The values are strings, so they never collide with Lightning's integer values, today's or
+    those of reasons a later Lightning adds. Checkpoints store a reason by name
+    (``"RegkitStoppingReason.GENERALIZATION_LOSS"``); the integers 5, 6 and 7 that the kit
+    wrote before are still read as GL, PQ and UP.
 
     Example:
         >>> RegkitStoppingReason.GENERALIZATION_LOSS.value
-        5
+        'generalization_loss'
     """
 
-    GENERALIZATION_LOSS = 5
-    PROGRESS_QUOTIENT = 6
-    UP_SUCCESSIVE_STRIPS = 7
+    GENERALIZATION_LOSS = "generalization_loss"
+    PROGRESS_QUOTIENT = "progress_quotient"
+    UP_SUCCESSIVE_STRIPS = "up_successive_strips"
 
 
 _CRITERION_REASON = {
@@ -53,6 +57,28 @@ _CRITERION_REASON = {
     "PQ": RegkitStoppingReason.PROGRESS_QUOTIENT,
     "UP": RegkitStoppingReason.UP_SUCCESSIVE_STRIPS,
 }
+# what the kit wrote for its reasons before they were stored by name (only in states that have "best_epoch")
+_LEGACY_REASON_VALUES = {5: "GENERALIZATION_LOSS", 6: "PROGRESS_QUOTIENT", 7: "UP_SUCCESSIVE_STRIPS"}
+Reason = EarlyStoppingReason | RegkitStoppingReason
+
+
+def _reason_name(reason: Reason) -> str:
+    """The unambiguous name a checkpoint stores: ``"<EarlyStoppingReason|RegkitStoppingReason>.<member>"``."""
+    family = "RegkitStoppingReason" if isinstance(reason, RegkitStoppingReason) else "EarlyStoppingReason"
+    return f"{family}.{reason.name}"
+
+
+def _reason_from_name(name: str) -> Reason | None:
+    family, _, member = name.partition(".")
+    # EarlyStoppingReason is looked up when called: whatever reasons the installed Lightning has
+    if family == "EarlyStoppingReason":
+        return EarlyStoppingReason.__members__.get(member)
+    return RegkitStoppingReason.__members__.get(member) if family == "RegkitStoppingReason" else None
+
+
+def _is_swa(callback: Any) -> bool:
+    """Whether ``callback`` is a StochasticWeightAveraging (of either Lightning namespace)."""
+    return any(cls.__name__ == "StochasticWeightAveraging" for cls in type(callback).__mro__)
 
 
 class _ModeError(MisconfigurationException, ValueError):
@@ -88,8 +114,9 @@ class EarlyStopping(_LightningEarlyStopping):
 
     New options:
 
-    * ``restore_best_weights``: at the end of ``fit`` (``on_train_end``), load the module's
-      ``state_dict`` (parameters and buffers) from the best monitored check, whether training
+    * ``restore_best_weights``: at the end of ``fit`` (``on_fit_end``, after every callback's
+      ``on_train_end``), load the module's ``state_dict`` (parameters and buffers) from the best
+      monitored check, whether training
       stopped early, ran to ``max_epochs`` or was stopped by another callback. As in Keras the
       first watched check is the first best, so when nothing improved afterwards its weights
       come back, and they come back whatever the ``baseline``. The copy lives on the CPU and is
@@ -100,7 +127,10 @@ class EarlyStopping(_LightningEarlyStopping):
       the optimizer state is not restored (as Keras). Under DDP the decision to snapshot is
       rank 0's (its metric value is broadcast), so every rank copies the same step's weights,
       which DDP keeps identical. ``ModelCheckpoint`` files written during training still hold
-      the weights of their own epoch.
+      the weights of their own epoch, and ``trainer.test(ckpt_path="best")`` loads such a file:
+      test the restored weights with ``trainer.test(model)``. With ``StochasticWeightAveraging``
+      the best *validated* weights win over SWA's (unvalidated) average, whatever the callback
+      order (a warning says so at fit start; ``restore_best_weights=False`` keeps the average).
     * ``checkpoint_best_weights`` (with ``restore_best_weights``): also put the best weights in
       the callback's checkpoint state, so a resumed run restores them exactly. Costs one more
       copy of the model's ``state_dict`` in every checkpoint (the file roughly doubles for a
@@ -136,11 +166,18 @@ class EarlyStopping(_LightningEarlyStopping):
     logged (INFO, Lightning's early-stopping logger); improvements only with ``verbose``.
 
     Checkpoints: progress only, loadable with ``torch.load(weights_only=True)``: wait count,
-    best score and epoch, stop epoch and reason, the criterion's history and (optionally) the
-    best weights. ``patience`` is still written, for Lightning's own class to load the file,
-    but is not read back, so a new ``patience`` wins on resume. ``state_key`` equals
-    Lightning's (``monitor``, ``mode``) for ``criterion="patience"`` and adds the criterion
-    otherwise.
+    best score and epoch, stop epoch and reason (by name, ``stopping_reason_name``, so it stays
+    unambiguous whatever reasons Lightning adds; the kit's old integers 5-7 still load), the
+    criterion's history and (optionally) the best weights. ``patience`` is still written, for
+    Lightning's own class to load the file, but is not read back, so a new ``patience`` wins on
+    resume. ``state_key`` equals Lightning's (``monitor``, ``mode``) for ``criterion="patience"``
+    and adds the criterion otherwise. :meth:`load_state_dict` validates every field and raises
+    at load, naming the callback and the field; loaded best weights are checked against the
+    model (keys, shapes, dtypes) at ``on_fit_start``, before any training step.
+
+    Reuse: each ``fit`` starts afresh (no best score, wait count or best weights of an earlier
+    fit); state carries over only through ``ckpt_path`` or a ``load_state_dict`` called before
+    the fit. The user guide is ``docs/early_stopping.md``.
 
     Args:
         monitor: the logged key to watch.
@@ -270,23 +307,42 @@ class EarlyStopping(_LightningEarlyStopping):
         self.strip = strip
         self.s = s
         self.train_monitor = train_monitor
-        self._criterion: StoppingCriterion | None = None
+        self._check_on_train_epoch_end_arg = check_on_train_epoch_end  # decided again at every fit's setup
         try:  # the criteria validate alpha, strip and s; the message names this class too
-            if criterion == "GL":
-                self._criterion = GL(alpha=alpha)  # type: ignore[arg-type]
-            elif criterion == "PQ":
-                self._criterion = PQ(alpha=alpha, strip=strip)  # type: ignore[arg-type]
-            elif criterion == "UP":
-                self._criterion = UP(s=s, strip=strip)
+            self._make_criterion()
         except (TypeError, ValueError) as err:
             raise type(err)(f"EarlyStopping: {err}") from None
+        self._reset_progress()
+
+    def _make_criterion(self) -> StoppingCriterion | None:
+        if self.criterion == "GL":
+            return GL(alpha=self.alpha)  # type: ignore[arg-type]
+        if self.criterion == "PQ":
+            return PQ(alpha=self.alpha, strip=self.strip)  # type: ignore[arg-type]
+        if self.criterion == "UP":
+            return UP(s=self.s, strip=self.strip)
+        return None
+
+    def _reset_progress(self) -> None:
+        """Forget every check: a new callback's state (where a fit starts unless a state was loaded)."""
+        self.wait_count = 0
+        self.stopped_epoch = 0
+        self.best_score = torch.tensor(math.inf if self.mode == "min" else -math.inf)
+        self.stopping_reason: Reason = EarlyStoppingReason.NOT_STOPPED  # type: ignore[assignment]
+        self.stopping_reason_message = None
         self.best_epoch: int = -1
-        self.stopping_reason: EarlyStoppingReason | RegkitStoppingReason = EarlyStoppingReason.NOT_STOPPED  # type: ignore[assignment]
+        self._criterion: StoppingCriterion | None = self._make_criterion()
         self._best_weights: dict[str, Tensor] | None = None
         self._epoch = 0
         self._train_value: float | None = None
         self._improved = False
         self._missing_best: str | None = None  # why a resumed run has no best weights to restore
+        self._loaded = False  # a state was loaded for the coming fit (ckpt_path or load_state_dict)
+        self._weights_unchecked = False  # loaded best weights not yet compared with the model
+
+    @property
+    def _owner(self) -> str:
+        return f"EarlyStopping(monitor={self.monitor!r})"
 
     # ------------------------------------------------------------------ identity and state
     @property
@@ -304,7 +360,11 @@ class EarlyStopping(_LightningEarlyStopping):
     @override
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
+        # Lightning's integer for its own reasons (its class can read this state), the kit's reasons
+        # as strings; the name is what the kit reads back (unambiguous whatever Lightning adds later)
         state["stopping_reason"] = self.stopping_reason.value
+        state["stopping_reason_name"] = _reason_name(self.stopping_reason)
+        state["stopping_reason_message"] = self.stopping_reason_message
         state["best_epoch"] = self.best_epoch
         if self._criterion is not None:
             state["criterion_state"] = self._criterion.state_dict()
@@ -327,25 +387,58 @@ class EarlyStopping(_LightningEarlyStopping):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # ``patience`` is configuration: the value passed to __init__ wins (Lightning reads it back).
-        self.wait_count = state_dict["wait_count"]
-        self.stopped_epoch = state_dict["stopped_epoch"]
-        self.best_score = state_dict["best_score"]
-        value = state_dict.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
-        lightning_values = {r.value for r in EarlyStoppingReason}
-        self.stopping_reason = (
-            EarlyStoppingReason(value) if value in lightning_values else RegkitStoppingReason(value)
-        )
-        self.stopping_reason_message = state_dict.get("stopping_reason_message")
-        self.best_epoch = int(state_dict.get("best_epoch", -1))
-        if self._criterion is not None and "criterion_state" in state_dict:
-            self._criterion.load_state_dict(state_dict["criterion_state"])
-        weights = state_dict.get("best_weights")
+        """Load a state, validated first: a malformed one raises here and leaves the callback as it was.
+
+        Every field is checked (type, shape, range, consistency); the error names the callback and
+        the field. Best weights are compared with the model (keys, shapes, dtypes) as soon as the
+        model is known, at ``on_fit_start``, before any training step. ``patience`` is configuration:
+        the value passed to ``__init__`` wins (it is written only for Lightning's own class).
+
+        Example:
+            >>> es = EarlyStopping("e")
+            >>> es.load_state_dict({"wait_count": -3, "stopped_epoch": 0, "best_score": 1.0})
+            Traceback (most recent call last):
+            ...
+            ValueError: EarlyStopping(monitor='e'): checkpoint field 'wait_count' must be an int >= 0, got -3
+        """
+        owner = self._owner
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{owner}: checkpoint state must be a dict, got {type(state_dict).__name__}")
+        state = state_dict
+        wait_count = self._state_int(state, "wait_count", 0)
+        stopped_epoch = self._state_int(state, "stopped_epoch", 0)
+        best_score = self._state_best_score(state)
+        self._state_int(state, "patience", 0, default=0)  # not read back, but Lightning's class reads it
+        best_epoch = self._state_int(state, "best_epoch", -1, default=-1)
+        if best_epoch >= 0 and not bool(torch.isfinite(best_score)):
+            raise ValueError(
+                f"{owner}: checkpoint field 'best_score' must be finite when 'best_epoch' is set "
+                f"(best_epoch={best_epoch}), got {float(best_score)}"
+            )
+        reason = self._state_reason(state)
+        message = state.get("stopping_reason_message")
+        if message is not None and not isinstance(message, str):
+            raise TypeError(
+                f"{owner}: checkpoint field 'stopping_reason_message' must be a str or None, got {message!r}"
+            )
+        criterion = self._state_criterion(state)
+        weights = self._state_weights(state)
+        if weights is not None and best_epoch < 0:
+            raise ValueError(
+                f"{owner}: checkpoint field 'best_epoch' must be >= 0 when 'best_weights' are present, "
+                f"got {best_epoch}"
+            )
+
+        # everything is valid: only now does the callback change
+        self.wait_count, self.stopped_epoch, self.best_score = wait_count, stopped_epoch, best_score
+        self.stopping_reason, self.stopping_reason_message = reason, message
+        self.best_epoch = best_epoch
+        self._criterion = criterion
+        self._best_weights = weights if self.restore_best_weights else None
+        self._weights_unchecked = self._best_weights is not None
+        self._loaded = True
         self._missing_best = None
-        if weights is not None:
-            self._best_weights = {k: v.detach().cpu() for k, v in weights.items()}
-        elif self.restore_best_weights and "best_epoch" not in state_dict:
-            self._best_weights = None
+        if self._best_weights is None and self.restore_best_weights and "best_epoch" not in state:
             self._missing_best = (
                 "the checkpoint was written by Lightning's EarlyStopping, which keeps no best weights"
             )
@@ -356,9 +449,203 @@ class EarlyStopping(_LightningEarlyStopping):
                 f" resume that beats the restored best score ({float(self.best_score):.6g});"
                 " otherwise the last weights are kept"
             )
-        elif self.restore_best_weights and self.best_epoch >= 0:
-            self._best_weights = None  # on_train_end says why nothing is restored
+        elif self._best_weights is None and self.restore_best_weights and best_epoch >= 0:
             self._missing_best = "the best weights were not in the checkpoint (checkpoint_best_weights=False)"
+
+    # ------------------------------------------------------------------ validation of a loaded state
+    def _state_int(self, state: Mapping[str, Any], key: str, minimum: int, default: int | None = None) -> int:
+        """``state[key]``, an int >= ``minimum``; ``default`` if missing (None: the key is required)."""
+        if key not in state:
+            if default is None:
+                raise ValueError(
+                    f"{self._owner}: checkpoint field {key!r} is missing (the state has {sorted(state)})"
+                )
+            return default
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(
+                f"{self._owner}: checkpoint field {key!r} must be an int >= {minimum}, got {value!r}"
+            )
+        if value < minimum:
+            raise ValueError(
+                f"{self._owner}: checkpoint field {key!r} must be an int >= {minimum}, got {value!r}"
+            )
+        return value
+
+    def _state_best_score(self, state: Mapping[str, Any]) -> Tensor:
+        if "best_score" not in state:
+            raise ValueError(
+                f"{self._owner}: checkpoint field 'best_score' is missing (the state has {sorted(state)})"
+            )
+        value = state["best_score"]
+        expected = "a one-element float tensor or a number, not NaN"
+        if isinstance(value, Tensor):
+            if not value.is_floating_point():
+                raise TypeError(
+                    f"{self._owner}: checkpoint field 'best_score' must be {expected}, "
+                    f"got a {value.dtype} tensor"
+                )
+            if value.numel() != 1:
+                raise ValueError(
+                    f"{self._owner}: checkpoint field 'best_score' must be {expected}, got a tensor of shape "
+                    f"{tuple(value.shape)}"
+                )
+            score = value.detach().reshape(())
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            score = torch.tensor(float(value))
+        else:
+            raise TypeError(f"{self._owner}: checkpoint field 'best_score' must be {expected}, got {value!r}")
+        if bool(torch.isnan(score)):
+            raise ValueError(f"{self._owner}: checkpoint field 'best_score' must be {expected}, got nan")
+        return score
+
+    def _state_reason(self, state: Mapping[str, Any]) -> Reason:
+        owner = self._owner
+        value = state.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(
+                f"{owner}: checkpoint field 'stopping_reason' must be an int (Lightning's reasons) or a str "
+                f"(the kit's), got {value!r}"
+            )
+        known = [_reason_name(r) for enum in (EarlyStoppingReason, RegkitStoppingReason) for r in enum]
+        name = state.get("stopping_reason_name")
+        if name is not None:  # written by the kit since reasons are stored by name: the name decides
+            if not isinstance(name, str):
+                raise TypeError(
+                    f"{owner}: checkpoint field 'stopping_reason_name' must be a str, got {name!r}"
+                )
+            reason = _reason_from_name(name)
+            if reason is None:
+                raise ValueError(
+                    f"{owner}: checkpoint field 'stopping_reason_name' must be one of {known}, got {name!r}"
+                )
+            if value != reason.value:
+                raise ValueError(
+                    f"{owner}: checkpoint field 'stopping_reason' must be {reason.value!r}, the value of "
+                    f"'stopping_reason_name' {name!r}, got {value!r}"
+                )
+            return reason
+        if isinstance(value, str):
+            if value in {r.value for r in RegkitStoppingReason}:
+                return RegkitStoppingReason(value)
+        elif "best_epoch" in state and value in _LEGACY_REASON_VALUES:  # the kit's integers before names
+            return RegkitStoppingReason[_LEGACY_REASON_VALUES[value]]
+        else:
+            for reason in EarlyStoppingReason:  # written by Lightning: its own numbering
+                if reason.value == value:
+                    return reason
+        raise ValueError(
+            f"{owner}: checkpoint field 'stopping_reason' must be the value of one of {known}, got {value!r}"
+        )
+
+    def _state_criterion(self, state: Mapping[str, Any]) -> StoppingCriterion | None:
+        value = state.get("criterion_state")
+        if self.criterion == "patience":
+            if value is not None:
+                raise ValueError(
+                    f"{self._owner}: checkpoint field 'criterion_state' holds a criterion's progress, but"
+                    " this callback has criterion='patience' (the state of another EarlyStopping?)"
+                )
+            return None
+        if value is None:
+            raise ValueError(
+                f"{self._owner}: checkpoint field 'criterion_state' is missing "
+                f"(criterion={self.criterion!r} keeps its progress there)"
+            )
+        criterion = self._make_criterion()
+        assert criterion is not None
+        try:
+            criterion.load_state_dict(value)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{self._owner}: checkpoint field 'criterion_state' is invalid: {err}") from None
+        return criterion
+
+    def _state_weights(self, state: Mapping[str, Any]) -> dict[str, Tensor] | None:
+        weights = state.get("best_weights")
+        if weights is None:
+            return None
+        expected = "None or the model's state_dict (a non-empty dict of name -> Tensor)"
+        if not isinstance(weights, Mapping):
+            raise TypeError(
+                f"{self._owner}: checkpoint field 'best_weights' must be {expected}, "
+                f"got {type(weights).__name__}"
+            )
+        if not weights:
+            raise ValueError(
+                f"{self._owner}: checkpoint field 'best_weights' must be {expected}, got an empty dict"
+            )
+        for key, value in weights.items():
+            if not isinstance(key, str) or not isinstance(value, Tensor):
+                raise TypeError(
+                    f"{self._owner}: checkpoint field 'best_weights' must be {expected}, "
+                    f"got the entry {key!r}: {type(value).__name__}"
+                )
+        return {k: v.detach().cpu() for k, v in weights.items()}
+
+    def _check_best_weights(self, pl_module: pl.LightningModule) -> None:
+        """Loaded best weights must fit the model (keys, shapes, dtypes): checked before training."""
+        if not self._weights_unchecked or self._best_weights is None:
+            return
+        best, model = self._best_weights, pl_module.state_dict()
+        problems = []
+        extra, missing = sorted(best.keys() - model.keys()), sorted(model.keys() - best.keys())
+        if extra:
+            problems.append(f"in the checkpoint but not in the model: {extra}")
+        if missing:
+            problems.append(f"in the model but not in the checkpoint: {missing}")
+        for key in (k for k in model if k in best):
+            ours, theirs = best[key], model[key]
+            if ours.shape != theirs.shape:
+                problems.append(
+                    f"{key!r} has shape {tuple(ours.shape)} in the checkpoint "
+                    f"and {tuple(theirs.shape)} in the model"
+                )
+            elif ours.dtype != theirs.dtype:
+                problems.append(
+                    f"{key!r} has dtype {ours.dtype} in the checkpoint and {theirs.dtype} in the model"
+                )
+        if problems:
+            more = f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise ValueError(
+                f"{self._owner}: checkpoint field 'best_weights' does not match the model: "
+                f"{'; '.join(problems[:5])}{more}. Resume with the model the checkpoint was written for"
+            )
+        self._weights_unchecked = False
+
+    # ------------------------------------------------------------------ one fit
+    @override
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            # a new fit starts afresh: state carries over only through ckpt_path (loaded after setup)
+            # or a load_state_dict made by hand before this fit
+            if not self._loaded:
+                self._reset_progress()
+            self._check_on_train_epoch_end = self._check_on_train_epoch_end_arg
+        super().setup(trainer, pl_module, stage)
+
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_best_weights(pl_module)
+        if self.restore_best_weights and any(_is_swa(cb) for cb in trainer.callbacks):  # type: ignore[attr-defined]
+            rank_zero_warn(
+                "EarlyStopping: StochasticWeightAveraging is among the callbacks and"
+                " restore_best_weights=True: at the end of fit the model gets the weights of the best"
+                " validated check, restored in on_fit_end, after SWA has written its average in"
+                " on_train_end (whatever the callback order). SWA's average is kept only if it was validated"
+                " and was the best (SWA validates it only for models with BatchNorm). To keep SWA's average,"
+                " pass restore_best_weights=False."
+            )
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._check_best_weights(pl_module)  # strategies that restore the checkpoint after on_fit_start
+        self._loaded = False  # every restore is done: the next fit starts afresh
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._loaded = False
 
     # ------------------------------------------------------------------ the check
     def _read_train_value(self, trainer: pl.Trainer) -> float | None:
@@ -491,7 +778,9 @@ class EarlyStopping(_LightningEarlyStopping):
             best[k].copy_(v.detach())
 
     @override
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # on_fit_end, not on_train_end: after every callback's on_train_end (StochasticWeightAveraging
+        # writes its average there), so the weights restored here are the ones the fit ends with
         if not self.restore_best_weights:
             return
         if self._best_weights is None:
