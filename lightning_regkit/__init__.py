@@ -6,7 +6,7 @@ Example:
     True
 """
 
-from lightning_regkit import criteria, schedules
+from lightning_regkit import _safe_globals, criteria, schedules  # noqa: F401 (_safe_globals: see its docstring)
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
 from lightning_regkit.callbacks.seed import SeedEverything
