@@ -83,7 +83,9 @@ def register_safe_globals() -> None:
         True
     """
     registered = set(torch.serialization.get_safe_globals())
-    new = [cls for cls in kit_safe_globals() if cls not in registered]
+    new: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+        cls for cls in kit_safe_globals() if cls not in registered
+    ]
     if new:
         torch.serialization.add_safe_globals(new)
 

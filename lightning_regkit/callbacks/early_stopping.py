@@ -59,16 +59,16 @@ _CRITERION_REASON = {
 }
 # what the kit wrote for its reasons before they were stored by name (only in states that have "best_epoch")
 _LEGACY_REASON_VALUES = {5: "GENERALIZATION_LOSS", 6: "PROGRESS_QUOTIENT", 7: "UP_SUCCESSIVE_STRIPS"}
-Reason = EarlyStoppingReason | RegkitStoppingReason
+_Reason = EarlyStoppingReason | RegkitStoppingReason
 
 
-def _reason_name(reason: Reason) -> str:
+def _reason_name(reason: _Reason) -> str:
     """The unambiguous name a checkpoint stores: ``"<EarlyStoppingReason|RegkitStoppingReason>.<member>"``."""
     family = "RegkitStoppingReason" if isinstance(reason, RegkitStoppingReason) else "EarlyStoppingReason"
     return f"{family}.{reason.name}"
 
 
-def _reason_from_name(name: str) -> Reason | None:
+def _reason_from_name(name: str) -> _Reason | None:
     family, _, member = name.partition(".")
     # EarlyStoppingReason is looked up when called: whatever reasons the installed Lightning has
     if family == "EarlyStoppingReason":
@@ -328,7 +328,7 @@ class EarlyStopping(_LightningEarlyStopping):
         self.wait_count = 0
         self.stopped_epoch = 0
         self.best_score = torch.tensor(math.inf if self.mode == "min" else -math.inf)
-        self.stopping_reason: Reason = EarlyStoppingReason.NOT_STOPPED  # type: ignore[assignment]
+        self.stopping_reason: _Reason = EarlyStoppingReason.NOT_STOPPED  # type: ignore[assignment]
         self.stopping_reason_message = None
         self.best_epoch: int = -1
         self._criterion: StoppingCriterion | None = self._make_criterion()
@@ -404,7 +404,7 @@ class EarlyStopping(_LightningEarlyStopping):
         owner = self._owner
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{owner}: checkpoint state must be a dict, got {type(state_dict).__name__}")
-        state = state_dict
+        state = state_dict  # a Mapping from here on
         wait_count = self._state_int(state, "wait_count", 0)
         stopped_epoch = self._state_int(state, "stopped_epoch", 0)
         best_score = self._state_best_score(state)
@@ -499,7 +499,7 @@ class EarlyStopping(_LightningEarlyStopping):
             raise ValueError(f"{self._owner}: checkpoint field 'best_score' must be {expected}, got nan")
         return score
 
-    def _state_reason(self, state: Mapping[str, Any]) -> Reason:
+    def _state_reason(self, state: Mapping[str, Any]) -> _Reason:
         owner = self._owner
         value = state.get("stopping_reason", EarlyStoppingReason.NOT_STOPPED.value)
         if isinstance(value, bool) or not isinstance(value, (int, str)):
