@@ -8,7 +8,7 @@
   the "restored the weights of epoch N" log line is true.
 * Stopping reasons are stored unambiguously (names, not integers that Lightning may reuse).
 * ``trainer.test(ckpt_path="best")`` evaluates ModelCheckpoint's file, ``trainer.test(model)`` the
-  restored best weights (docs/early_stopping.md says so).
+  restored best weights (docs/early_stopping.md says so; tests/test_docs.py runs that page).
 
 Everything is measured from outside: weights, a training-step counter, files, log text.
 """
@@ -21,7 +21,6 @@ import math
 import re
 from collections.abc import Callable
 from enum import Enum
-from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -532,23 +531,3 @@ def test_test_best_checkpoint_is_not_the_restored_weights(tmp_path, monitor):
     file_epoch = 2 if monitor else 6  # ModelCheckpoint's own best: val_loss 3 at epoch 2, or the last
     assert max_abs_diff(model.tested, model.snapshots[file_epoch]) == 0.0
     assert max_abs_diff(weights_of(model), model.snapshots[file_epoch]) == 0.0  # the restore is gone
-
-
-# ----------------------------------------------------------------------------- the user guide runs
-DOCS_PAGE = Path(__file__).resolve().parents[1] / "docs" / "early_stopping.md"
-
-
-def test_docs_page_runs(tmp_path, monkeypatch):
-    """docs/early_stopping.md: its python blocks, in order, in one namespace (they hold the asserts
-    that back the page's statements: order-independent SWA, test(model) vs ckpt_path="best", ...)."""
-    text = DOCS_PAGE.read_text()
-    blocks = [
-        code
-        for before, code in re.findall(r"(?:^|\n)([^\n]*)\n```python\n(.*?)\n```", text, flags=re.S)
-        if before.strip() != "<!-- docs-test: skip -->"
-    ]
-    assert len(blocks) >= 7
-    monkeypatch.chdir(tmp_path)
-    namespace: dict[str, Any] = {"__name__": "docs_early_stopping"}
-    for i, code in enumerate(blocks):
-        exec(compile(code, f"{DOCS_PAGE.name}[block {i}]", "exec"), namespace)
