@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatchcase
 from typing import Any, ClassVar
@@ -58,6 +59,7 @@ DEFAULT_EXCLUDE: tuple[str, ...] = ("*.bias", "*Norm", "*Norm1d", "*Norm2d", "*N
 # tensor is processed in flat chunks of this size. Temporaries and the reused scratch buffer stay this small.
 _L1_GROUP_ELEMENTS = 1 << 18
 _FAST_VALUE_DTYPES = (torch.float32, torch.float64)
+_LOW_DTYPES = (torch.float16, torch.bfloat16)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -177,6 +179,8 @@ class _Scratch:
         ``compiled=True`` an L1 bundle runs as one compiled call instead (equal to float rounding).
         """
         ps = self.params
+        if self.compiled and any(p.is_complex() for p in ps):
+            self.compiled = False  # the compiled kernel is for real dtypes
         if self.compiled and any(kind == "l1" for kind, _ in ops) and self._add_compiled_(grads, ops):
             return
         with torch.no_grad():
@@ -198,7 +202,8 @@ class _Scratch:
                                 gc.add_(pc, alpha=2.0 * strength)
                     continue
                 gs, pp = grads[a:b], ps[a:b]
-                signs = torch._foreach_sign(pp)
+                # sgn(w) = w / |w| for complex tensors: the gradient of |w| autograd gives, sign(w) for real
+                signs = [torch.sgn(p) for p in pp] if pp[0].is_complex() else torch._foreach_sign(pp)
                 for kind, strength in ops:
                     if kind == "l1":
                         torch._foreach_add_(gs, signs, alpha=strength)
@@ -283,17 +288,29 @@ def _runs(keys: Sequence[object]) -> list[tuple[int, int]]:
     return out
 
 
+def _norms(params: Sequence[Tensor], order: int) -> list[Tensor]:
+    """``||w||_order`` per tensor, with autograd, in float32 at least (float16 sums overflow at 65504)."""
+    ps = list(params)
+    if all(p.dtype in _FAST_VALUE_DTYPES for p in ps):
+        return list(torch._foreach_norm(ps, order))
+    return [  # mixed or low-precision dtypes: rare, and only on logging steps or in autograd mode
+        torch.linalg.vector_norm(p, order, dtype=torch.float32 if p.dtype in _LOW_DTYPES else None)
+        for p in ps
+    ]
+
+
 def _l1_foreach(params: Sequence[Tensor]) -> Tensor:
     with torch.no_grad():
-        return _sum(torch._foreach_norm(list(params), 1))
+        return _sum(_norms(params, 1))
 
 
 def _l2_foreach(params: Sequence[Tensor]) -> Tensor:
     with torch.no_grad():
         ps = list(params)
-        if hasattr(torch, "_foreach_powsum"):
+        if all(p.dtype in _FAST_VALUE_DTYPES for p in ps):
             return _sum(torch._foreach_powsum(ps, 2))
-        return _sum(torch._foreach_norm(ps, 2)).square()  # pragma: no cover - older torch
+        norms = _norms(ps, 2)
+        return _sum(torch._foreach_mul(norms, norms))
 
 
 def add_l1_grad_(
@@ -332,7 +349,11 @@ def soft_threshold_(params: Sequence[Tensor], threshold: float) -> None:
     if threshold <= 0 or not params:
         return
     with torch.no_grad():
-        ps = list(params)
+        ps = [p for p in params if not p.is_complex()]
+        for z in (p for p in params if p.is_complex()):  # shrink the modulus: z * max(1 - t / |z|, 0)
+            z.mul_((1 - threshold / z.abs().clamp_min(1e-30)).clamp_min(0))
+        if not ps:
+            return
         clipped = torch._foreach_clamp_max(ps, threshold)
         torch._foreach_clamp_min_(clipped, -threshold)
         torch._foreach_sub_(ps, clipped)
@@ -413,24 +434,30 @@ def select_parameters(
         for pattern in patterns or ():
             if not any(_matches(n, types.get(n, ""), pattern) for n in names):
                 raise _no_match_error(owner, arg, pattern, names)
-    default = exclude is None
-    excl = DEFAULT_EXCLUDE if exclude is None else tuple(exclude)
     selected = [
         (n, p)
         for n, p in named
-        if p.requires_grad
-        and (include is None or any(_matches(n, types.get(n, ""), pat) for pat in include))
-        and not any(_matches(n, types.get(n, ""), pat) for pat in excl)
-        and not (default and p.ndim <= 1)
+        if p.requires_grad and _name_selected(n, types.get(n, ""), p.ndim, include, exclude)
     ]
     if not selected:
         raise ValueError(
             f"{owner}: include={list(include) if include is not None else None}, exclude="
-            f"{list(excl)} select no trainable parameter; parameters are: "
-            + ", ".join(names[:8])
-            + (", ..." if len(names) > 8 else "")
+            f"{list(DEFAULT_EXCLUDE if exclude is None else exclude)} select no trainable parameter; "
+            "parameters are: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
         )
     return selected
+
+
+def _name_selected(
+    name: str, owner_type: str, ndim: int, include: Sequence[str] | None, exclude: Sequence[str] | None
+) -> bool:
+    """Whether a parameter is selected by ``include``/``exclude`` (and the default exclusions)."""
+    excl = DEFAULT_EXCLUDE if exclude is None else exclude
+    return (
+        (include is None or any(_matches(name, owner_type, pat) for pat in include))
+        and not any(_matches(name, owner_type, pat) for pat in excl)
+        and not (exclude is None and ndim <= 1)
+    )
 
 
 # ----------------------------------------------------------------------------- specifications
@@ -565,7 +592,7 @@ class L1(Penalty):
 
     def autograd_value(self, params: Sequence[Tensor]) -> Tensor:
         """``sum(|w|)`` with autograd."""
-        return _sum(torch._foreach_norm(list(params), 1))
+        return _sum(_norms(params, 1))
 
     def add_grad_(self, grads: list[Tensor], params: list[Tensor], strength: float, groups: Any) -> None:
         """``g += strength * sign(w)``."""
@@ -602,7 +629,7 @@ class L2(Penalty):
 
 
 def _l2_autograd(params: Sequence[Tensor]) -> Tensor:
-    norms = torch._foreach_norm(list(params), 2)
+    norms = _norms(params, 2)
     return _sum(torch._foreach_mul(norms, norms))
 
 
@@ -672,14 +699,28 @@ def make_penalty(spec: Penalty | Mapping[str, Any]) -> Penalty:
 
 
 # ----------------------------------------------------------------------------- resolved plan
+#: What a penalty acts on at one step, per penalty: its tensors, their grouped-pass helper, and the
+#: tensors per optimizer param group (for the group's ``lr`` in proximal steps).
+_Entry = tuple[list[Tensor], "_Scratch", list[tuple[Any, list[Tensor]]]]
+
+
 class PenaltyPlan:
-    """Penalties with their parameter lists resolved once for one model.
+    """Penalties bound to one model; each call acts on the parameters that are live *now*.
+
+    A penalty's *selection* is decided on parameter names (its ``include``/``exclude`` globs and the
+    default exclusions), frozen parameters included. At every call the plan acts on the selected
+    parameters that currently require grad and, when an optimizer is given, that this optimizer
+    owns (any of its param groups, also one added with ``add_param_group`` mid-run). So layers
+    built after the plan (``configure_model``), a backbone unfrozen mid-run and new param groups
+    are penalized from the step they train, and a frozen weight is never touched. The live set is
+    cached behind a cheap key (the optimizer's param-group sizes and its tensors' ``requires_grad``
+    flags), so the hot path never loops over penalties' parameter lists in Python.
 
     ``keys`` are the names used for logging (``"l1"``, ``"l2"``; ``"l2_0"``, ``"l2_1"`` when a kind
-    occurs several times). The hot-path methods loop over penalties and parameter groups, never
-    over parameters. ``L1`` and ``L2`` penalties over the same parameters are applied in one grouped
-    pass over groups of at most ``2**18`` elements (larger tensors in chunks of that size), so its
-    temporaries and scratch buffer stay that small.
+    occurs several times). ``L1`` and ``L2`` penalties over the same parameters are applied in one
+    grouped pass over groups of at most ``2**18`` elements (larger tensors in chunks of that size),
+    so its temporaries and scratch buffer stay that small. Values are accumulated in float32 at
+    least (a float16 model's penalty does not overflow).
 
     Example:
         >>> net = nn.Linear(3, 2)
@@ -688,20 +729,19 @@ class PenaltyPlan:
         >>> plan.add_grads_(t=0)
         >>> torch.equal(net.weight.grad, net.weight.detach())
         True
+        >>> net.weight.requires_grad_(False)  # frozen: never touched
+        Parameter containing:
+        ...
+        >>> plan.names
+        [[]]
     """
 
     def __init__(
-        self,
-        penalties: Sequence[Penalty],
-        named: Sequence[Sequence[tuple[str, nn.Parameter]]],
-        compiled: bool = False,
+        self, penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module, compiled: bool = False
     ) -> None:
-        self.penalties = list(penalties)
-        self.names = [[n for n, _ in sel] for sel in named]
-        self.params: list[list[nn.Parameter]] = [[p for _, p in sel] for sel in named]
+        self.penalties = [make_penalty(p) for p in penalties]
+        self.model = model
         self.compiled = compiled
-        self._scratch = _shared_scratches(self.params, compiled)
-        self.groups = [s.groups for s in self._scratch]
         counts: dict[str, int] = {}
         for p in self.penalties:
             counts[p.name] = counts.get(p.name, 0) + 1
@@ -711,8 +751,102 @@ class PenaltyPlan:
             i = seen.get(p.name, 0)
             seen[p.name] = i + 1
             self.keys.append(p.name if counts[p.name] == 1 else f"{p.name}_{i}")
-        self._by_optimizer: dict[int, tuple[torch.optim.Optimizer, int, list[Any]]] = {}
+        self._names: dict[int, str] = {}
+        self._chosen: list[set[int]] = []
+        self._live: dict[Any, tuple[Any, list[_Entry]]] = {}
+        self._warned_sparse: set[str] = set()
+        self._refresh()
 
+    # -------------------------------------------------------------- selection
+    def _refresh(self) -> None:
+        """Re-read the model's parameter names (after a layer was built or a tensor replaced)."""
+        named = list(self.model.named_parameters())
+        types = _owner_types(self.model)
+        self._names = {id(p): n for n, p in named}
+        self._chosen = [
+            {id(p) for n, p in named if _name_selected(n, types.get(n, ""), p.ndim, pen.include, pen.exclude)}
+            for pen in self.penalties
+        ]
+        self._live.clear()
+
+    def check_selection(self, owner: str | None = None) -> list[list[str]]:
+        """Raise when a pattern matches no parameter name or a penalty selects none; frozen ones count.
+
+        Call it once the model is complete (after ``configure_model``). Returns, per penalty, the
+        names of the parameters it selects (frozen ones included).
+        """
+        self._refresh()
+        named = list(self.model.named_parameters())
+        names = [n for n, _ in named]
+        types = _owner_types(self.model)
+        out = []
+        for pen, chosen in zip(self.penalties, self._chosen, strict=True):
+            who = type(pen).__name__ if owner is None else f"{owner}: {type(pen).__name__}"
+            for arg, patterns in (("include", pen.include), ("exclude", pen.exclude)):
+                for pattern in patterns or ():
+                    if not any(_matches(n, types.get(n, ""), pattern) for n in names):
+                        raise _no_match_error(who, arg, pattern, names)
+            if not chosen:
+                raise ValueError(
+                    f"{who}: include={pen.include}, exclude="
+                    f"{list(DEFAULT_EXCLUDE) if pen.exclude is None else pen.exclude} select no parameter; "
+                    "parameters are: " + ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+                )
+            out.append([n for n, p in named if id(p) in chosen])
+        return out
+
+    def _entries(self, optimizers: Sequence[torch.optim.Optimizer] | None) -> list[_Entry]:
+        """Per penalty, what it acts on now among ``optimizers``' tensors (the model's when None)."""
+        if optimizers is None:
+            groups: list[Any] = [None]
+            params = [list(self.model.parameters())]
+            ident: Any = None
+        else:
+            groups = [g for opt in optimizers for g in opt.param_groups]
+            params = [g["params"] for g in groups]
+            ident = tuple(map(id, optimizers))
+        key = (tuple(map(len, params)), tuple(p.requires_grad for ps in params for p in ps))
+        cached = self._live.get(ident)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if any(id(p) not in self._names for ps in params for p in ps):
+            self._refresh()  # a tensor the plan has not seen: layers built or replaced since
+        where: list[tuple[Any, list[Tensor]]] = [
+            (g, [p for p in ps if p.requires_grad]) for g, ps in zip(groups, params, strict=True)
+        ]
+        mines: list[list[Tensor]] = [
+            [p for _, ps in where for p in ps if id(p) in chosen] for chosen in self._chosen
+        ]
+        entries: list[_Entry] = []
+        for mine, chosen, scratch in zip(
+            mines, self._chosen, _shared_scratches(mines, self.compiled), strict=True
+        ):
+            per_group: list[tuple[Any, list[Tensor]]] = [
+                (g, [p for p in ps if id(p) in chosen]) for g, ps in where
+            ]
+            entries.append((mine, scratch, [x for x in per_group if x[1]]))
+        self._live[ident] = (key, entries)
+        return entries
+
+    def live_names(self, optimizers: Sequence[torch.optim.Optimizer] | None = None) -> list[list[str]]:
+        """Per penalty, the names of the parameters it acts on now (trainable, owned by ``optimizers``)."""
+        return [[self._names[id(p)] for p in ps] for ps, _, _ in self._entries(optimizers)]
+
+    @property
+    def names(self) -> list[list[str]]:
+        """Per penalty, the names of the model's parameters it acts on now (trainable ones)."""
+        return self.live_names(None)
+
+    @property
+    def params(self) -> list[list[Tensor]]:
+        """Per penalty, the model's parameters it acts on now (trainable ones)."""
+        return [ps for ps, _, _ in self._entries(None)]
+
+    @property
+    def _scratch(self) -> list[_Scratch]:
+        return [sc for _, sc, _ in self._entries(None)]
+
+    # -------------------------------------------------------------- kinds and strengths
     @property
     def adds_gradient(self) -> bool:
         """Whether any penalty adds to the gradient."""
@@ -727,68 +861,68 @@ class PenaltyPlan:
         """Every penalty's strength at ``t`` (validated)."""
         return [p.strength_at(t, total) for p in self.penalties]
 
-    def values(self, t: int, total: int | None = None) -> dict[str, Tensor]:
-        """``strength * value`` of every penalty that has a value, without autograd.
+    # -------------------------------------------------------------- values
+    def values(
+        self, t: int, total: int | None = None, optimizers: Sequence[torch.optim.Optimizer] | None = None
+    ) -> dict[str, Tensor]:
+        """``strength * value`` of every penalty that has a value, without autograd (float32 at least).
 
-        The ``L1`` and ``L2`` values over the same parameters come from one grouped pass.
+        Over the live parameters of ``optimizers`` (the model's trainable ones when None). The
+        ``L1`` and ``L2`` values over the same parameters come from one grouped pass.
         """
+        entries = self._entries(optimizers)
         out: dict[str, Tensor] = {}
         cache: dict[int, tuple[Tensor, Tensor]] = {}
-        for key, pen, ps, scratch in zip(self.keys, self.penalties, self.params, self._scratch, strict=True):
+        for key, pen, (ps, scratch, _) in zip(self.keys, self.penalties, entries, strict=True):
             if not pen.has_value:
                 continue
+            if not ps:
+                out[key] = torch.zeros(())
+                continue
             kind = _fast_kind(pen)
-            if kind is None or not ps:
-                out[key] = pen.strength_at(t, total) * pen.value(ps)
+            if kind is None:
+                out[key] = pen.strength_at(t, total) * _at_least_fp32(pen.value(ps))
                 continue
             if id(scratch) not in cache:
                 kinds = {
-                    _fast_kind(q) for q, s in zip(self.penalties, self._scratch, strict=True) if s is scratch
+                    _fast_kind(q)
+                    for q, (_, s, _) in zip(self.penalties, entries, strict=True)
+                    if s is scratch
                 }
                 cache[id(scratch)] = scratch.values(l1="l1" in kinds, l2="l2" in kinds)
             out[key] = pen.strength_at(t, total) * cache[id(scratch)][0 if kind == "l1" else 1]
         return out
 
-    def loss(self, t: int, total: int | None = None) -> Tensor:
-        """Sum of ``strength * value`` of the gradient-adding penalties, with autograd (exact path)."""
+    def loss(
+        self, t: int, total: int | None = None, optimizers: Sequence[torch.optim.Optimizer] | None = None
+    ) -> Tensor:
+        """Sum of ``strength * value`` of the gradient-adding penalties, with autograd (exact path).
+
+        Over the live parameters of ``optimizers`` (the model's trainable ones when None); float32
+        at least.
+        """
+        entries = self._entries(optimizers)
         terms = [
-            pen.strength_at(t, total) * pen.autograd_value(ps)
-            for pen, ps in zip(self.penalties, self.params, strict=True)
-            if pen.adds_gradient
+            pen.strength_at(t, total) * _at_least_fp32(pen.autograd_value(ps))
+            for pen, (ps, _, _) in zip(self.penalties, entries, strict=True)
+            if pen.adds_gradient and ps
         ]
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
-    def _for_optimizer(self, optimizer: torch.optim.Optimizer | None) -> list[Any]:
-        """Per penalty: (params, groups, [(param_group, params)...]) restricted to ``optimizer``."""
-        if optimizer is None:
-            return [(ps, sc, [(None, ps)]) for ps, sc in zip(self.params, self._scratch, strict=True)]
-        key = id(optimizer)
-        n_params = sum(len(g["params"]) for g in optimizer.param_groups)
-        cached = self._by_optimizer.get(key)
-        if cached is not None and cached[0] is optimizer and cached[1] == n_params:
-            return cached[2]
-        where = {id(p): i for i, g in enumerate(optimizer.param_groups) for p in g["params"]}
-        mines = [[p for p in ps if id(p) in where] for ps in self.params]
-        entries = []
-        for mine, scratch in zip(mines, _shared_scratches(mines, self.compiled), strict=True):
-            per_group = [
-                (g, [p for p in mine if where[id(p)] == i]) for i, g in enumerate(optimizer.param_groups)
-            ]
-            entries.append((mine, scratch, [x for x in per_group if x[1]]))
-        self._by_optimizer[key] = (optimizer, n_params, entries)
-        return entries
-
+    # -------------------------------------------------------------- gradients and projections
     def add_grads_(
         self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
     ) -> None:
-        """Add every gradient-adding penalty's gradient to ``.grad`` (of ``optimizer``'s parameters only).
+        """Add every gradient-adding penalty's gradient to ``.grad`` (of ``optimizer``'s live parameters).
 
-        Parameters without a gradient get one, unless none of them has one (a skipped step).
+        Live parameters without a gradient get one, unless none of them has one (a skipped step).
+        A sparse gradient (``nn.Embedding(sparse=True)``) is made dense first, with a warning naming
+        the parameter: the penalty's gradient touches every row, as it would through autograd.
         Consecutive ``L1``/``L2`` penalties over the same parameters run as one fused grouped pass,
         bit-identical to applying them one after the other (with ``compiled=True``: one compiled call,
         equal to float rounding).
         """
-        entries = self._for_optimizer(optimizer)
+        entries = self._entries(None if optimizer is None else [optimizer])
         bundle: list[tuple[str, float]] = []
         bundle_scratch: _Scratch | None = None
         bundle_grads: list[Tensor] = []
@@ -806,7 +940,7 @@ class PenaltyPlan:
             if bundle:  # same parameters as the bundle: their grads are ready
                 bundle.append((kind, strength))  # type: ignore[arg-type]
                 continue
-            grads = _grads_or_none(ps)
+            grads = self._grads_or_none(ps)
             if grads is None:
                 continue
             if kind is None:
@@ -817,11 +951,56 @@ class PenaltyPlan:
             assert bundle_scratch is not None
             bundle_scratch.add_grads_(bundle_grads, bundle)
 
+    def add_autograd_grads_(
+        self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """As :meth:`add_grads_`, with the gradient computed by autograd through :meth:`loss` (exact path)."""
+        entries = self._entries(None if optimizer is None else [optimizer])
+        ps = list({id(p): p for ent in entries for p in ent[0]}.values())
+        if not ps or self._grads_or_none(ps) is None:
+            return
+        with torch.enable_grad():
+            loss = self.loss(t, total, None if optimizer is None else [optimizer])
+            if not loss.requires_grad:
+                return
+            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+        with torch.no_grad():
+            for p, g in zip(ps, grads, strict=True):
+                if g is not None:
+                    p.grad.add_(g.to(p.grad.dtype))  # type: ignore[union-attr]
+
+    def _grads_or_none(self, params: Sequence[Tensor]) -> list[Tensor] | None:
+        """The ``.grad`` of each tensor; ``None`` when none has a gradient.
+
+        Missing gradients are created as zeros and sparse ones made dense (with a warning, once per tensor).
+        """
+        grads = [p.grad for p in params]
+        if any(g is None or g.layout != torch.strided for g in grads):
+            if all(g is None for g in grads):
+                return None
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                elif p.grad.layout != torch.strided:
+                    name = self._names.get(id(p), "?")
+                    if name not in self._warned_sparse:
+                        self._warned_sparse.add(name)
+                        warnings.warn(
+                            f"PenaltyPlan: parameter {name!r} has a sparse gradient (nn.Embedding(sparse="
+                            "True) or F.embedding(..., sparse=True)); a weight penalty's gradient touches "
+                            "every row, so it is made dense (as autograd would). To keep sparse gradients "
+                            f"(e.g. for SparseAdam), exclude it from the penalty: exclude=[..., {name!r}]",
+                            stacklevel=3,
+                        )
+                    p.grad = p.grad.to_dense()
+            grads = [p.grad for p in params]
+        return grads  # type: ignore[return-value]
+
     def project_(
         self, t: int, total: int | None = None, optimizer: torch.optim.Optimizer | None = None
     ) -> None:
         """Apply proximal steps and constraints after an optimizer step (each param group's ``lr``)."""
-        entries = self._for_optimizer(optimizer)
+        entries = self._entries(None if optimizer is None else [optimizer])
         for pen, (_, _, per_group) in zip(self.penalties, entries, strict=True):
             if not pen.projects:
                 continue
@@ -829,6 +1008,10 @@ class PenaltyPlan:
             for group, ps in per_group:
                 lr = float(group["lr"]) if group is not None else 1.0
                 pen.project_(ps, lr, strength)
+
+
+def _at_least_fp32(value: Tensor) -> Tensor:
+    return value if value.dtype in (torch.float32, torch.float64) else value.float()
 
 
 def _fast_kind(pen: Penalty) -> str | None:
@@ -852,33 +1035,22 @@ def _shared_scratches(lists: Sequence[Sequence[Tensor]], compiled: bool = False)
     return out
 
 
-def _grads_or_none(params: Sequence[Tensor]) -> list[Tensor] | None:
-    """The ``.grad`` of each tensor, zeros created for missing ones; ``None`` when none has a gradient."""
-    grads = [p.grad for p in params]
-    if any(g is None for g in grads):
-        if all(g is None for g in grads):
-            return None
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-    return grads  # type: ignore[return-value]
-
-
 def resolve_penalties(
     penalties: Sequence[Penalty | Mapping[str, Any]], model: nn.Module, compiled: bool = False
 ) -> PenaltyPlan:
-    """Resolve each penalty's parameter selection on ``model`` (once, at setup).
+    """Bind penalties to ``model`` and check their selections (see :class:`PenaltyPlan`).
 
-    With ``compiled=True`` the L1 (+L2) gradient runs as one ``torch.compile`` call per dtype and
-    device (see :mod:`lightning_regkit.compiled`), falling back to the foreach kernels with a warning
-    where it cannot be compiled.
+    Raises ``ValueError`` when a pattern matches no parameter name or a penalty selects no
+    parameter (judged on names, frozen parameters included). With ``compiled=True`` the L1 (+L2)
+    gradient runs as one ``torch.compile`` call per dtype and device (see
+    :mod:`lightning_regkit.compiled`), falling back to the foreach kernels with a warning where it
+    cannot be compiled.
 
     Example:
         >>> plan = resolve_penalties([L1(0.1), MaxNorm(2.0)], nn.Linear(2, 2))
         >>> plan.keys, plan.names
         (['l1', 'maxnorm'], [['weight'], ['weight']])
     """
-    specs = [make_penalty(p) for p in penalties]
-    named = [select_parameters(model, p.include, p.exclude, owner=type(p).__name__) for p in specs]
-    return PenaltyPlan(specs, named, compiled=compiled)
+    plan = PenaltyPlan(penalties, model, compiled=compiled)
+    plan.check_selection()
+    return plan

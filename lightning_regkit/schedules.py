@@ -18,8 +18,9 @@ How time is measured:
   ``floor(fraction * total + 0.5)`` (the milestones of ``Step``, ``EarlyDropout`` and
   ``LateDropout``), so the switch happens at an exact step whatever the floating point
   rounding of ``t / total``.
-* A plain callable ``f(t, total)`` is accepted by :func:`as_schedule`; a callable of progress
-  alone, ``f(progress)``, is wrapped by :class:`FromProgress`.
+* A plain callable is accepted by :func:`as_schedule`: ``f(t, total)`` (two arguments), or a
+  function of progress alone, ``f(progress)`` (one argument, wrapped by :class:`FromProgress`).
+  The arity is checked when the schedule is made.
 
 Example:
     >>> s = Linear(start=0.0, end=0.5)
@@ -31,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -389,28 +391,67 @@ class FromProgress(Schedule):
         return float(self.fn(self.progress(t, total)))
 
 
-ScheduleLike = float | Schedule | Callable[[int, int | None], float]
+ScheduleLike = float | Schedule | Callable[[int, int | None], float] | Callable[[float], float]
+
+
+def _positional_arity(fn: Callable[..., float]) -> int | None:
+    """How many positional arguments ``fn`` takes: 1 or 2 (``*args`` counts as 2); None if unknown."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins have no signature: take them as f(t, total)
+        return None
+    params = list(sig.parameters.values())
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 2
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    if len(required) == 1 and len(positional) == 1:
+        return 1
+    if len(required) <= 2 <= len(positional):
+        return 2
+    if len(required) == 1:  # f(progress, scale=2.0): the second positional has a default
+        return 1
+    return len(positional)
 
 
 def as_schedule(value: ScheduleLike, name: str = "value") -> Schedule:
-    """Turn a number, a :class:`Schedule` or a callable ``f(t, total)`` into a :class:`Schedule`.
+    """Turn a number, a :class:`Schedule` or a callable into a :class:`Schedule`.
+
+    A callable of one argument is a function of progress in [0, 1] (wrapped by
+    :class:`FromProgress`); a callable of two is ``f(t, total)`` (``total`` may be ``None`` when
+    the length of training is unknown). Any other arity is refused here, at construction, not at
+    the first training step.
 
     Example:
         >>> as_schedule(0.1)(7)
         0.1
         >>> as_schedule(lambda t, total: t / 10)(3)
         0.3
+        >>> as_schedule(lambda progress: 0.5 * progress)(1, total=4)
+        0.125
     """
     if isinstance(value, Schedule):
         return value
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return Constant(value)
     if callable(value):
-        return _FunctionSchedule(value)
-    raise TypeError(f"{name} must be a number, a Schedule or a callable f(t, total), got {value!r}")
+        arity = _positional_arity(value)
+        if arity == 1:
+            return FromProgress(value)  # type: ignore[arg-type]
+        if arity in (None, 2):
+            return _FunctionSchedule(value)  # type: ignore[arg-type]
+        raise TypeError(
+            f"{name} must be a callable of one argument, f(progress) with progress in [0, 1], or of two, "
+            f"f(t, total); got {value!r}, which takes {arity} positional arguments"
+        )
+    raise TypeError(
+        f"{name} must be a number, a Schedule or a callable f(progress) or f(t, total), got {value!r}"
+    )
 
 
 class _FunctionSchedule(Schedule):
+    """A user's ``f(t, total)``."""
+
     def __init__(self, fn: Callable[[int, int | None], float]) -> None:
         self.fn = fn
 

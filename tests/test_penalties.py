@@ -258,7 +258,7 @@ def test_bad_arguments(factory, exc: type[Exception], match: str) -> None:
             r"L2: include pattern 'encoder\.\*' selects no parameter.*fc1\.weight",
         ),
         (L1(0.1, exclude=["Conv2d"]), r"L1: exclude pattern 'Conv2d' selects no parameter.*norm\.bias"),
-        (L2(0.1, include=["*.bias"]), r"L2: include=\['\*\.bias'\].* select no trainable parameter"),
+        (L2(0.1, include=["*.bias"]), r"L2: include=\['\*\.bias'\].* select no parameter"),
     ],
 )
 def test_pattern_selecting_nothing(penalty, match: str) -> None:

@@ -337,7 +337,7 @@ def test_pattern_selecting_nothing_fails_at_setup(tmp_path: Path) -> None:
         (
             {"mode": "exact"},
             ValueError,
-            r"RegClassifier: mode must be one of \('fast', 'compiled', 'autograd'\), got 'exact'",
+            r"RegClassifier: mode must be one of \['fast', 'compiled', 'autograd'\], got 'exact'",
         ),
         ({"interval": "batch"}, ValueError, r"RegClassifier: interval must be one of"),
         (
@@ -575,12 +575,13 @@ def test_readme_quickstart(tmp_path: Path) -> None:
     trainer.fit(LitClassifier(), SyntheticDataModule())
 
 
-def test_deepcopy_after_fit_drops_trainer_and_follows_copied_parameters(tmp_path: Path) -> None:
+def test_deepcopy_after_fit_drops_the_run_and_follows_copied_parameters(tmp_path: Path) -> None:
     import copy
 
     m = RegClassifier(**PEN)
     fit(m, tmp_path, max_epochs=1)
-    assert m._regkit._trainer is not None
+    assert m._regkit.plan is not None and not m._regkit._runs  # the run ended with its fit
     c = copy.deepcopy(m)
-    assert c._regkit._trainer is None
+    assert c._regkit.plan is None and not c._regkit._runs
+    fit(c, tmp_path, max_epochs=1)
     assert c._regkit.plan is not None and c._regkit.plan.params[0][0] is c.net.fc1.weight

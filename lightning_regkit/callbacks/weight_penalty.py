@@ -1,38 +1,56 @@
 """WeightPenalty: L1/L2 penalties, proximal L1 and max-norm as a Lightning callback.
 
 The Lightning adapter around :mod:`lightning_regkit.penalties`, shared with
-:class:`lightning_regkit.module.RegularizedModule`. Where each part runs:
+:class:`lightning_regkit.module.RegularizedModule`. It works through Lightning's hooks only: it
+never patches or replaces a method of the user's module. Where each part runs:
 
+- **Which parameters**: at every optimizer step, the selected parameters (``include``/``exclude``,
+  judged on names) that currently require grad and that the stepping optimizer owns. Layers built
+  in ``configure_model``, a backbone unfrozen by ``BackboneFinetuning``, a param group added with
+  ``add_param_group`` are penalized from the step they train; a frozen weight is never touched.
+  Selection errors (a pattern that matches no parameter name) are raised at ``on_fit_start``,
+  once the model is complete.
+- **When** (the schedule's ``t``): the kit's one training clock
+  (:class:`~lightning_regkit.clock.TrainingClock`): optimizer steps under automatic optimization,
+  training batches under manual optimization (whatever the number of optimizers), or epochs.
 - **Gradient** (``mode="fast"``, default): in ``on_before_optimizer_step``, which Lightning 2.x
   calls after backward and gradient accumulation, after AMP unscaling, and *before* gradient
   clipping, once per optimizer step and for that optimizer only. The penalty's gradient is added
   to ``.grad`` with multi-tensor kernels: the same gradient as autograd through the loss, at the
-  cost of about one optimizer step. Lightning calls the hook inside the closure it hands to
-  ``optimizer.step``, so closures evaluated several times (LBFGS) get the gradient every time.
+  cost of about one optimizer step.
 - **Gradient** (``mode="compiled"``): as ``"fast"``, but L1 (with L2) runs as one ``torch.compile``
   kernel per dtype and device (:mod:`lightning_regkit.compiled`): one pass over memory instead of
   three, after a compilation on the first step (needs a C++ compiler on CPU; falls back to the
   foreach kernels with a warning). L2 alone is already one foreach call and is not compiled.
-- **Gradient** (``mode="autograd"``): the penalty is added, with its graph, to the loss returned by
-  ``training_step`` (exact autograd path).
-- **Value**: added (detached in fast mode) to the loss ``training_step`` returns, and logged as
-  ``regkit/l1``, ``regkit/l2`` (``regkit/l2_0``, ... when a kind repeats; ``regkit/penalty`` is the
-  sum when there are several), on logging steps only, unless ``value_every_step=True``. With LBFGS it
-  is computed at every closure evaluation, so its line search sees a consistent objective.
+- **Gradient** (``mode="autograd"``): the exact autograd path. The callback differentiates the
+  penalty with ``torch.autograd.grad`` in ``on_before_optimizer_step`` and adds it to ``.grad``
+  (so it also works under manual optimization); the module form adds the penalty, with its graph,
+  to the loss ``training_step`` returns (automatic optimization).
+- **Value**: logged as ``regkit/l1``, ``regkit/l2`` (``regkit/l2_0``, ... when a kind repeats;
+  ``regkit/penalty`` is the sum when there are several), on logging steps only, unless
+  ``value_every_step=True``. The module form also adds it (detached in fast mode) to the loss
+  ``training_step`` returns; the callback cannot change that loss through hooks, so it only logs.
 - **Projections** (``L1(proximal=True)``, ``MaxNorm``): a ``register_step_post_hook`` on every
   optimizer, after each real step (a step that ``GradScaler`` skips is not projected).
+- **Closure optimizers** (``torch.optim.LBFGS``): LBFGS re-evaluates the loss in its line search,
+  so the objective it sees must include the penalty. The module form adds the value at every
+  closure evaluation; the callback, which cannot change the loss, refuses LBFGS at the start of
+  ``fit`` and names the module form.
 
 Mixed precision: with ``16-mixed`` Lightning unscales the gradients before
 ``on_before_optimizer_step``, so the penalty gradient is added in true units and ``GradScaler``'s
-inf check (made at unscale time) is unaffected; ``bf16-mixed`` has no scaler.
+inf check (made at unscale time) is unaffected; ``bf16-mixed`` has no scaler. Values are
+accumulated in float32 at least, so ``16-true`` models do not overflow.
+
+One instance may serve several fits, also nested ones (a Trainer started inside another's
+``fit``): the state of each run is kept per Trainer and dropped when its fit ends.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
-from functools import wraps
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -43,13 +61,16 @@ from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 from typing_extensions import override
 
-from lightning_regkit.penalties import L1, L2, Penalty, PenaltyPlan, make_penalty, resolve_penalties
+from lightning_regkit._compat import should_update_logs
+from lightning_regkit.clock import Interval, TrainingClock
+from lightning_regkit.penalties import L1, L2, Penalty, PenaltyPlan, make_penalty
 from lightning_regkit.schedules import ScheduleLike
+from lightning_regkit.validation import check_bool, check_choice
 
-__all__ = ["WeightPenalty"]
+__all__ = ["Mode", "WeightPenalty"]
 
-_MODES = ("fast", "compiled", "autograd")
-_INTERVALS = ("step", "epoch")
+#: How the penalty's gradient is made (see the module docstring).
+Mode = Literal["fast", "compiled", "autograd"]
 
 
 def _build_penalties(
@@ -83,43 +104,56 @@ def _raw(optimizer: Any) -> torch.optim.Optimizer:
     return getattr(optimizer, "_optimizer", optimizer)
 
 
-class _PenaltyHooks(Callback):
-    """The shared adapter: everything but the public name (see the module docstring)."""
+@dataclass
+class _Run:
+    """What one fit (one Trainer) needs; created at ``on_fit_start``, dropped when the fit ends."""
 
-    _patch_training_step = True
+    trainer: Any
+    plan: PenaltyPlan
+    clock: TrainingClock
+    optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
+    handles: list[RemovableHandle] = field(default_factory=list)
+    always_value: bool = False
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+class _PenaltyHooks(Callback):
+    """The shared adapter: everything but the public name (see the module docstring).
+
+    ``_joins_loss`` is True for the module form, whose class wraps ``training_step`` so that the
+    returned loss carries the penalty; the callback form works through hooks only.
+    """
+
+    _joins_loss = False
 
     def __init__(
         self,
         l1: ScheduleLike = 0.0,
         l2: ScheduleLike = 0.0,
         penalties: Sequence[Penalty | Mapping[str, Any]] | None = None,
-        mode: str = "fast",
-        interval: str = "step",
+        mode: Mode = "fast",
+        interval: Interval = "step",
         value_every_step: bool = False,
         owner: str = "WeightPenalty",
     ) -> None:
-        if mode not in _MODES:
-            raise ValueError(f"{owner}: mode must be one of {_MODES}, got {mode!r}")
-        if interval not in _INTERVALS:
-            raise ValueError(f"{owner}: interval must be one of {_INTERVALS}, got {interval!r}")
-        if not isinstance(value_every_step, bool):
-            raise TypeError(f"{owner}: value_every_step must be a bool, got {value_every_step!r}")
         self.owner = owner
+        self.mode: Mode = check_choice(owner, "mode", mode, Mode)
+        self.interval: Interval = check_choice(owner, "interval", interval, Interval)
+        self.value_every_step = check_bool(owner, "value_every_step", value_every_step)
         self.penalties = _build_penalties(owner, l1, l2, penalties)
-        self.mode = mode
-        self.interval = interval
-        self.value_every_step = value_every_step
+        #: the plan of the latest fit (kept after it for inspection: ``plan.live_names()``)
         self.plan: PenaltyPlan | None = None
-        self._trainer: pl.Trainer | None = None
-        self._total: int | None = None
-        self._always_value = False
-        self._handles: list[RemovableHandle] = []
-        self._patched: pl.LightningModule | None = None
+        self._runs: dict[int, _Run] = {}  # id(trainer) -> run; several when Trainers nest
+        self._stack: list[int] = []  # the runs in the order they started (penalty_loss uses the last)
 
     def __getstate__(self) -> dict[str, Any]:
-        # copies and pickles of a module (SWA, EMA, spawn) must not drag the Trainer or hook handles along
+        # copies and pickles of a module (SWA, EMA, spawn) must not drag a run (model, hook handles) along
         state = dict(self.__dict__)
-        state.update(_trainer=None, _handles=[], _patched=None)
+        state.update(plan=None, _runs={}, _stack=[])
         return state
 
     @property
@@ -130,67 +164,61 @@ class _PenaltyHooks(Callback):
         mode = "autograd" if self.mode == "autograd" else "fast"
         return self._generate_state_key(penalties=repr(kinds), mode=mode)
 
-    # ------------------------------------------------------------------ time
-    def _time(self) -> tuple[int, int | None]:
-        trainer = self._trainer
-        if trainer is None:
-            return 0, None
-        return (trainer.global_step if self.interval == "step" else trainer.current_epoch), self._total
+    # ------------------------------------------------------------------ runs
+    def _run(self, trainer: Any) -> _Run | None:
+        return self._runs.get(id(trainer)) if trainer is not None else None
 
-    def _run_total(self, trainer: pl.Trainer) -> int | None:
-        if self.interval == "epoch":
-            return trainer.max_epochs if trainer.max_epochs not in (None, -1) else None
-        total = trainer.estimated_stepping_batches
-        return int(total) if math.isfinite(total) else None
+    def _close(self, trainer: pl.Trainer) -> None:
+        run = self._runs.pop(id(trainer), None)
+        if run is not None:
+            run.close()
+            self._stack = [k for k in self._stack if k != id(trainer)]
 
     # ------------------------------------------------------------------ hooks
     @override
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
-        if stage != "fit" or not self.penalties:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close(trainer)  # a run left by an interrupted fit of the same Trainer
+        if not self.penalties:
             return
-        self.plan = resolve_penalties(self.penalties, pl_module, compiled=self.mode == "compiled")
-        for key, names in zip(self.plan.keys, self.plan.names, strict=True):
-            rank_zero_info(f"{self.owner}: {key} applies to {len(names)} parameter tensors")
-            rank_zero_debug(f"{self.owner}: {key} parameters: {names}")
-        if self._patch_training_step and self._patched is None:
-            original = pl_module.training_step
-
-            @wraps(original)
-            def training_step(*args: Any, **kwargs: Any) -> Any:
-                return self.after_training_step(pl_module, original(*args, **kwargs))
-
-            pl_module.training_step = training_step  # type: ignore[method-assign]
-            self._patched = pl_module
+        plan = PenaltyPlan(self.penalties, pl_module, compiled=self.mode == "compiled")
+        names = plan.check_selection(self.owner)  # the model is complete now (after configure_model)
+        for key, selected in zip(plan.keys, names, strict=True):
+            rank_zero_info(
+                f"{self.owner}: {key} selects {len(selected)} parameter tensors (frozen ones included)"
+            )
+            rank_zero_debug(f"{self.owner}: {key} parameters: {selected}")
+        self._runs[id(trainer)] = _Run(trainer, plan, TrainingClock(self.interval, self.owner))
+        self._stack.append(id(trainer))
+        self.plan = plan
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._trainer = trainer
-        self._by_optimizer_reset()
-        if self.plan is None:
+        run = self._run(trainer)
+        if run is None:
             return
-        self._total = self._run_total(trainer)
-        probes = {0} if self._total is None else {0, self._total // 2, self._total}
-        for t in sorted(probes):
-            self.plan.strengths(t, self._total)  # a schedule that goes negative fails now, not mid-run
-        optimizers = [_raw(o) for o in trainer.optimizers]
-        self._always_value = any(isinstance(o, torch.optim.LBFGS) for o in optimizers)
-        if self.plan.projects:
-            for opt in optimizers:
-                self._handles.append(opt.register_step_post_hook(self._make_post_hook()))
+        run.clock.start(trainer, pl_module)
+        total = run.clock.total
+        for t in sorted({0} if total is None else {0, total // 2, total}):
+            run.plan.strengths(t, total)  # a schedule that goes negative fails now, not mid-run
+        run.optimizers = [_raw(o) for o in trainer.optimizers]
+        lbfgs = any(isinstance(o, torch.optim.LBFGS) for o in run.optimizers)
+        if lbfgs and run.plan.adds_gradient and not self._joins_loss:
+            raise ValueError(
+                f"{self.owner}: torch.optim.LBFGS re-evaluates the loss in its line search, and a callback "
+                "cannot add the penalty to the loss your training_step returns, so LBFGS would see an "
+                "objective without it while the gradient has it. Use the module form, RegularizedModule "
+                "(it adds the penalty to the returned loss at every closure evaluation)"
+            )
+        run.always_value = lbfgs
+        if run.plan.projects:
+            for opt in run.optimizers:
+                run.handles.append(opt.register_step_post_hook(self._make_post_hook(trainer)))
 
-    def _by_optimizer_reset(self) -> None:
-        if self.plan is not None:
-            self.plan._by_optimizer.clear()
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-    def _make_post_hook(self) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
+    def _make_post_hook(self, trainer: pl.Trainer) -> Callable[[torch.optim.Optimizer, Any, Any], None]:
         def hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            if self.plan is not None:
-                t, total = self._time()
-                self.plan.project_(t, total, optimizer)
+            run = self._run(trainer)
+            if run is not None:
+                run.plan.project_(run.clock.now(trainer), run.clock.total, optimizer)
 
         return hook
 
@@ -198,62 +226,92 @@ class _PenaltyHooks(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        if self.mode != "autograd" and self.plan is not None and self.plan.adds_gradient:
-            t, total = self._time()
-            self.plan.add_grads_(t, total, _raw(optimizer))
+        run = self._run(trainer)
+        if run is None or not run.plan.adds_gradient:
+            return
+        t, total = run.clock.now(trainer), run.clock.total
+        if self.mode != "autograd":
+            run.plan.add_grads_(t, total, _raw(optimizer))
+        elif not (self._joins_loss and pl_module.automatic_optimization):  # else: in the loss graph
+            run.plan.add_autograd_grads_(t, total, _raw(optimizer))
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        run = self._run(trainer)
+        if self._joins_loss or run is None or not (self.value_every_step or should_update_logs(trainer)):
+            return  # the module form logs in training_step, where the value joins the loss
+        self._log(pl_module, run.plan.values(run.clock.now(trainer), run.clock.total, run.optimizers))
+
+    def _log(self, pl_module: pl.LightningModule, values: dict[str, Tensor]) -> Tensor | None:
+        if not values:
+            return None
+        total_value = torch.stack([v.to(torch.float32) for v in values.values()]).sum()
+        for key, v in values.items():
+            pl_module.log(f"regkit/{key}", v, on_step=True, on_epoch=False, batch_size=1)
+        if len(values) > 1:
+            pl_module.log("regkit/penalty", total_value, on_step=True, on_epoch=False, batch_size=1)
+        return total_value
 
     @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._by_optimizer_reset()
+        self._close(trainer)
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._by_optimizer_reset()
-        if self._patched is not None:
-            self._patched.__dict__.pop("training_step", None)
-            self._patched = None
+        if stage == "fit":
+            self._close(trainer)
 
-    # ------------------------------------------------------------------ loss and logging
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._close(trainer)
+
+    # ------------------------------------------------------------------ loss (module form)
     def penalty_loss(self) -> Tensor:
-        """The differentiable penalty at the current step (for manual optimization in autograd mode).
+        """The penalty value at the current step of the running fit (0 outside a fit).
 
-        Contains the gradient-adding penalties only (not proximal L1, not MaxNorm).
+        With its graph under automatic optimization; detached under manual optimization, where the
+        kit adds the penalty's gradient itself at every ``optimizer.step()`` (adding this value to
+        your loss then changes nothing, so no penalty is counted twice).
         """
-        if self.plan is None:
+        run = self._runs.get(self._stack[-1]) if self._stack else None
+        if run is None or not run.clock.started:
             return torch.zeros(())
-        t, total = self._time()
-        return self.plan.loss(t, total)
+        value = run.plan.loss(run.clock.now(run.trainer), run.clock.total, run.optimizers)
+        return value.detach() if run.clock.manual else value
 
+    @torch.compiler.disable  # eager, outside a compiled training_step: no graph break guards on t or values
     def after_training_step(self, pl_module: pl.LightningModule, output: Any) -> Any:
         """Add the penalty to what ``training_step`` returned (tensor, dict with ``"loss"``, None); log it."""
-        plan, trainer = self.plan, self._trainer
-        if plan is None or trainer is None or not trainer.training:
+        trainer = pl_module._trainer
+        run = self._run(trainer)
+        if run is None or trainer is None or not trainer.training:
             return output
-        logging = bool(getattr(trainer._logger_connector, "should_update_logs", True))
+        plan = run.plan
+        logging = should_update_logs(trainer)
         automatic = pl_module.automatic_optimization
         loss = output.get("loss") if isinstance(output, Mapping) else output
         if not isinstance(loss, Tensor):
             loss = None
         need_value = logging or (
-            automatic and loss is not None and (self.value_every_step or self._always_value)
+            automatic and loss is not None and (self.value_every_step or run.always_value)
         )
-        t, total = self._time()
-        values = plan.values(t, total) if need_value else {}
-        if values:
+        t, total = run.clock.now(trainer), run.clock.total
+        values = plan.values(t, total, run.optimizers) if need_value else {}
+        total_value = self._log(pl_module, values) if logging else None
+        if total_value is None and values:
             total_value = torch.stack([v.to(torch.float32) for v in values.values()]).sum()
-            if logging:
-                for key, v in values.items():
-                    pl_module.log(f"regkit/{key}", v, on_step=True, on_epoch=False)
-                if len(values) > 1:
-                    pl_module.log("regkit/penalty", total_value, on_step=True, on_epoch=False)
         if not automatic or loss is None:
             return output
         if self.mode == "autograd":
-            graph_part = plan.loss(t, total)
+            graph_part = plan.loss(t, total, run.optimizers)
             # the gradient flows through graph_part; the detached rest makes the value complete
-            extra = (total_value - graph_part.detach()) if values else 0.0
+            extra = (total_value - graph_part.detach()) if total_value is not None else 0.0
             new_loss = loss + graph_part.to(loss.device) + extra
-        elif values:
+        elif total_value is not None:
             new_loss = loss + total_value.to(loss.device)
         else:
             return output
@@ -270,25 +328,26 @@ class WeightPenalty(_PenaltyHooks):
     Same arguments as :class:`~lightning_regkit.module.RegularizedModule`. ``L1(l)`` adds
     ``l * sum(|w|)`` and ``L2(l)`` adds ``l * sum(w**2)``; biases, 1-d tensors and normalization
     layers are excluded by default (see :func:`~lightning_regkit.penalties.select_parameters`).
-    The module's ``training_step`` is wrapped during ``fit`` so the loss it returns includes the
-    penalty value (every step in autograd mode; on logging steps in fast mode, or every step with
-    ``value_every_step=True``).
+    The callback works through Lightning's hooks only: it adds the penalty's gradient before each
+    optimizer step and logs its value, and leaves your module untouched, so the loss your
+    ``training_step`` returns (and logs) does not include the penalty. Use the module form when it
+    should (or with ``torch.optim.LBFGS``, which the callback refuses).
 
     Args:
-        l1: strength of an L1 penalty on the default selection (number, Schedule or ``f(t, total)``).
+        l1: strength of an L1 penalty on the default selection (a number, a Schedule, ``f(progress)``
+            or ``f(t, total)``).
         l2: strength of an L2 penalty on the default selection.
         penalties: further penalties, each with its own strength and selection: ``L1``, ``L2``,
             ``MaxNorm`` or dicts ``{"name": "l2", "strength": 1e-4, "include": [...]}``.
         mode: ``"fast"`` (gradient added to ``.grad`` before the optimizer step), ``"compiled"``
             (the same, with one ``torch.compile`` pass for L1+L2; compiles on the first step) or
-            ``"autograd"`` (penalty inside the loss graph).
-        interval: the schedule's time: ``"step"`` (optimizer steps) or ``"epoch"``.
-        value_every_step: compute the value (and add it to the returned loss) at every step, not only
-            on logging steps.
+            ``"autograd"`` (the gradient of the penalty computed by autograd, exact path).
+        interval: the schedule's time: ``"step"`` (optimizer steps; training batches under manual
+            optimization) or ``"epoch"``.
+        value_every_step: compute and log the value at every step, not only on logging steps.
 
-    Manual optimization: in fast mode the gradient is added by ``opt.step()`` (the
-    ``LightningOptimizer``) for that optimizer's parameters; in autograd mode add
-    :meth:`penalty_loss` to your loss before ``manual_backward``.
+    Manual optimization: the gradient is added by each ``opt.step()`` for that optimizer's
+    parameters, in every mode; nothing else to call.
 
     Example:
         >>> from lightning_regkit.penalties import L1, MaxNorm
@@ -302,8 +361,8 @@ class WeightPenalty(_PenaltyHooks):
         l1: ScheduleLike = 0.0,
         l2: ScheduleLike = 0.0,
         penalties: Sequence[Penalty | Mapping[str, Any]] | None = None,
-        mode: str = "fast",
-        interval: str = "step",
+        mode: Mode = "fast",
+        interval: Interval = "step",
         value_every_step: bool = False,
     ) -> None:
         super().__init__(l1, l2, penalties, mode, interval, value_every_step, owner="WeightPenalty")

@@ -1,0 +1,153 @@
+"""The Lightning-private names the kit cannot avoid, in one place.
+
+Each function here reads one thing Lightning has no public API for. ``tests/test_compat.py``
+checks every one against the installed Lightning, in both namespaces (``lightning.pytorch``
+and ``pytorch_lightning``), so a release that moves a name fails there, not silently in a run.
+
+Example:
+    >>> should_update_logs(None)
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["batches_completed", "should_update_logs"]
+
+
+def should_update_logs(trainer: Any) -> bool:
+    """Whether this training step is a logging step (``log_every_n_steps``); True when unknown.
+
+    Example:
+        >>> should_update_logs(None)
+        True
+    """
+    connector = getattr(trainer, "_logger_connector", None)
+    return bool(getattr(connector, "should_update_logs", True))
+
+
+def batches_completed(trainer: Any) -> int:
+    """Training batches completed in this fit before the current one (restored on resume).
+
+    Lightning's ``fit_loop.epoch_loop.batch_progress.total.completed``: from
+    ``on_train_batch_start`` to ``on_train_batch_end`` of batch ``n`` (0-based, counted over
+    every epoch of the fit) it is ``n``; a resumed fit continues the count.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> trainer = NS(fit_loop=NS(epoch_loop=NS(batch_progress=NS(total=NS(completed=7)))))
+        >>> batches_completed(trainer)
+        7
+    """
+    return int(trainer.fit_loop.epoch_loop.batch_progress.total.completed)
+
+
+# ----------------------------------------------------------------------------- SeedEverything
+# Lightning-private names used by ``callbacks/seed.py`` (present, with these meanings, in 2.4-2.6).
+def set_torch_flags(deterministic: bool | str | None) -> None:
+    """Apply ``Trainer(deterministic=...)``'s torch flags (Lightning's ``_set_torch_flags``).
+
+    ``True``: ``torch.use_deterministic_algorithms(True)``, cuDNN benchmark off and
+    ``CUBLAS_WORKSPACE_CONFIG=":4096:8"``; ``"warn"``: the same with ``warn_only=True``;
+    ``False``: deterministic algorithms off.
+
+    Example:
+        >>> import torch
+        >>> before = torch.are_deterministic_algorithms_enabled()
+        >>> set_torch_flags(deterministic="warn")
+        >>> torch.is_deterministic_algorithms_warn_only_enabled()
+        True
+        >>> torch.use_deterministic_algorithms(before)
+    """
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
+
+    _set_torch_flags(deterministic=deterministic)  # type: ignore[arg-type]
+
+
+def set_sampler_epoch(dataloader: object, epoch: int) -> None:
+    """Call ``set_epoch(epoch)`` on a dataloader's sampler and batch sampler's sampler, where present.
+
+    Lightning's ``_set_sampler_epoch`` (what the fit loop does at each epoch start).
+
+    Example:
+        >>> import torch
+        >>> from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+        >>> data = TensorDataset(torch.zeros(4))
+        >>> loader = DataLoader(data, sampler=DistributedSampler(data, num_replicas=1, rank=0))
+        >>> set_sampler_epoch(loader, 3)
+        >>> loader.sampler.epoch
+        3
+    """
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    _set_sampler_epoch(dataloader, epoch)
+
+
+def epochs_processed(trainer: Any) -> int:
+    """Training epochs whose batches are all done and that Lightning has marked processed.
+
+    ``fit_loop.epoch_progress.current.processed``: incremented just before the
+    ``on_train_epoch_end`` hooks, so it is what sampler epochs are set from.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> epochs_processed(NS(fit_loop=NS(epoch_progress=NS(current=NS(processed=2)))))
+        2
+    """
+    return int(trainer.fit_loop.epoch_progress.current.processed)
+
+
+def epoch_marked_processed(trainer: Any) -> bool:
+    """Whether the epoch that started last has been marked processed (``on_train_epoch_end`` or later).
+
+    False during an epoch's batches and in a validation run after its last batch: a checkpoint
+    written there is finished by Lightning after a resume (``fit_loop.epoch_progress.current``:
+    ``processed == started``).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> epoch_marked_processed(NS(fit_loop=NS(epoch_progress=NS(current=NS(processed=1, started=2)))))
+        False
+    """
+    progress = trainer.fit_loop.epoch_progress.current
+    return int(progress.processed) == int(progress.started)
+
+
+def is_last_batch(trainer: Any) -> bool:
+    """Whether the training batch fetched last was the epoch's last (``batch_progress.is_last_batch``).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> is_last_batch(NS(fit_loop=NS(epoch_loop=NS(batch_progress=NS(is_last_batch=True)))))
+        True
+    """
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
+def recreate_train_iterator(trainer: Any) -> bool:
+    """Create the fit loop's train iterator anew (``iter(fit_loop._data_fetcher)``); False if none yet.
+
+    A new iterator draws the sampler's shuffle seed and the workers' base seed from the global
+    generator, as the fit loop does at the start of every epoch after the first.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> recreate_train_iterator(NS(fit_loop=NS(_data_fetcher=None)))
+        False
+    """
+    fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
+    if fetcher is None:
+        return False
+    iter(fetcher)
+    return True
+
+
+__all__ += [
+    "epoch_marked_processed",
+    "epochs_processed",
+    "is_last_batch",
+    "recreate_train_iterator",
+    "set_sampler_epoch",
+    "set_torch_flags",
+]
