@@ -238,6 +238,12 @@ CATALOGUE = [
     ("GL", put("criterion_state.e_va", None), V, F_CRIT + ".*'e_va'"),
     ("GL", put("criterion_state.gl", math.nan), V, F_CRIT + ".*'gl'"),
     ("GL", drop("criterion_state.gl"), V, F_CRIT + ".*'gl'"),
+    ("GL", put("criterion_state.gl", "g"), T, F_CRIT + ".*'gl'"),
+    ("GL", put("criterion_state.gl", -1.0), V, F_CRIT + ".*'gl'"),
+    ("GL", drop("criterion_state.e_opt"), V, F_CRIT + ".*'e_opt'"),
+    ("GL", put("criterion_state.e_opt", "x"), T, F_CRIT + ".*'e_opt'"),
+    ("GL", drop("criterion_state.e_va"), V, F_CRIT + ".*'e_va'"),
+    ("GL", put("criterion_state.e_va", -1.0), V, F_CRIT + ".*'e_va'"),
     # PQ: as GL plus the training errors of the current strip, progress and quotient
     ("PQ", drop("criterion_state.train_strip"), V, F_CRIT + ".*'train_strip'"),
     ("PQ", put("criterion_state.train_strip", "abc"), T, F_CRIT + ".*'train_strip'"),
@@ -247,6 +253,13 @@ CATALOGUE = [
     ("PQ", put("criterion_state.quotient", "q"), T, F_CRIT + ".*'quotient'"),
     ("PQ", put("criterion_state.quotient", None), V, F_CRIT + ".*'quotient'"),  # progress without quotient
     ("PQ", put("criterion_state.t", -2), V, F_CRIT + ".*'t'"),
+    ("PQ", drop("criterion_state.t"), V, F_CRIT + ".*'t'"),
+    ("PQ", put("criterion_state.t", 4.0), T, F_CRIT + ".*'t'"),
+    ("PQ", put("criterion_state.e_va", math.inf), V, F_CRIT + ".*'e_va'"),
+    ("PQ", put("criterion_state.progress", "p"), T, F_CRIT + ".*'progress'"),
+    ("PQ", drop("criterion_state.progress"), V, F_CRIT + ".*'progress'"),
+    ("PQ", drop("criterion_state.quotient"), V, F_CRIT + ".*'quotient'"),
+    ("PQ", put("criterion_state.quotient", -0.5), V, F_CRIT + ".*'quotient'"),
     # UP: t; previous and e_va (the last strip end's error); rises int in [0, t]
     ("UP", drop("criterion_state.rises"), V, F_CRIT + ".*'rises'"),
     ("UP", put("criterion_state.rises", 1.5), T, F_CRIT + ".*'rises'"),
@@ -255,6 +268,13 @@ CATALOGUE = [
     ("UP", put("criterion_state.previous", "x"), T, F_CRIT + ".*'previous'"),
     ("UP", put("criterion_state.previous", math.inf), V, F_CRIT + ".*'previous'"),
     ("UP", put("criterion_state.previous", None), V, F_CRIT + ".*'previous'"),  # e_va is set
+    ("UP", drop("criterion_state.previous"), V, F_CRIT + ".*'previous'"),
+    ("UP", drop("criterion_state.t"), V, F_CRIT + ".*'t'"),
+    ("UP", put("criterion_state.t", "4"), T, F_CRIT + ".*'t'"),
+    ("UP", put("criterion_state.t", -1), V, F_CRIT + ".*'t'"),
+    ("UP", drop("criterion_state.e_va"), V, F_CRIT + ".*'e_va'"),
+    ("UP", put("criterion_state.e_va", [0.7]), T, F_CRIT + ".*'e_va'"),
+    ("UP", put("criterion_state.e_va", math.nan), V, F_CRIT + ".*'e_va'"),
 ]
 
 
@@ -313,6 +333,17 @@ def test_best_weights_of_another_model_fail_before_training(tmp_path, base_check
         fit(tmp_path, VALUES, es, max_epochs=8, module=model)
     assert model.steps == 0
     assert max_abs_diff(weights_of(model), before) == 0.0
+
+
+@pytest.mark.parametrize("criterion", list(ES_KWARGS))
+def test_states_without_later_keys_still_load(base_checkpoints, criterion):
+    """Keys added with the validation (reason name, criterion name) are optional: older states load."""
+    es = make_es(criterion)
+    state = torch.load(base_checkpoints[criterion], weights_only=True)["callbacks"][es.state_key]
+    del state["stopping_reason_name"]
+    state.get("criterion_state", {}).pop("name", None)
+    es.load_state_dict(state)
+    assert (es.best_epoch, es.wait_count, es.stopping_reason) == (2, 1, EarlyStoppingReason.NOT_STOPPED)
 
 
 def test_load_is_atomic(base_checkpoints):
