@@ -140,9 +140,7 @@ HOOK_TIMES: list[float] = []
 
 class RegSeqTask(SeqTask, RegularizedModule):
     def __init__(self, layers: int, d: int) -> None:
-        RegularizedModule.__init__(self, l1=L1_S, l2=L2_S)
-        self.net = encoder(layers, d)
-        self.head = nn.Linear(d, 4)
+        super().__init__(layers, d, l1=L1_S, l2=L2_S)  # the same network, built by SeqTask
         hooks = self._regkit
         for name in ("after_training_step", "on_before_optimizer_step"):  # time the penalty's own work
             setattr(hooks, name, timed(getattr(hooks, name)))

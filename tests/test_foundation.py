@@ -86,8 +86,9 @@ def test_workflow_passes_actionlint() -> None:
     exe = shutil.which("actionlint") or str(Path(__import__("sys").executable).parent / "actionlint")
     if not Path(exe).exists():
         pytest.fail("actionlint is part of the dev extras and must be installed")
-    workflow = ROOT / ".github" / "workflows" / "ci.yml"
-    proc = subprocess.run([exe, str(workflow)], capture_output=True, text=True)
+    workflows = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+    assert {w.name for w in workflows} >= {"ci.yml", "release.yml"}
+    proc = subprocess.run([exe, *map(str, workflows)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

@@ -630,3 +630,81 @@ def test_penalty_loss_under_manual_optimization_is_not_counted_twice(tmp_path: P
     for rec in trainer.optimizers[0].records:
         assert strength_seen(rec, "gen.weight") == pytest.approx(L2_S, rel=1e-6)
     assert math.isfinite(float(model.penalty_loss()))
+
+
+# ----------------------------------------------------------------------------- trainer configurations
+class GradDelta(Callback):
+    """Two of these, one on each side of the kit, see the gradient before and after its hook."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, tuple[Tensor, Tensor | None]]] = []
+
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
+        self.seen.append(
+            {
+                n: (p.detach().clone(), None if p.grad is None else p.grad.clone())
+                for n, p in pl_module.named_parameters()
+            }
+        )
+
+
+class Learns(Net):
+    def training_step(self, batch: list[Tensor], batch_idx: int) -> Tensor:
+        return self.extra(self.head(self.backbone(batch[0]))).pow(2).mean()
+
+    def validation_step(self, batch: list[Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.extra(self.head(self.backbone(batch[0]))).pow(2).mean())
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"precision": "bf16-mixed"},
+        {"accumulate_grad_batches": 2},
+        {"val_check_interval": 0.5},
+        {"check_val_every_n_epoch": 2, "max_epochs": 2},
+        {"callbacks": "swa"},
+    ],
+    ids=["bf16", "accumulation", "val_check_interval", "every_n_epochs", "swa"],
+)
+def test_penalty_gradient_under_trainer_configurations(tmp_path: Path, overrides: dict[str, Any]) -> None:
+    from lightning.pytorch.callbacks import StochasticWeightAveraging
+
+    before, after = GradDelta(), GradDelta()
+    extra = (
+        [StochasticWeightAveraging(swa_lrs=0.05, swa_epoch_start=1)]
+        if overrides.pop("callbacks", None)
+        else []
+    )
+    kwargs = {"max_epochs": 2 if extra else 1, **overrides}
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, callbacks=[*extra, before, WeightPenalty(l2=L2_S), after], **kwargs)
+    )
+    trainer.fit(Learns("plain"), train_dataloaders=data(), val_dataloaders=data())
+    assert len(before.seen) == len(after.seen) == trainer.global_step > 0
+    for b, a in zip(before.seen, after.seen, strict=True):
+        for name, (w, g) in b.items():
+            delta = a[name][1] - g  # type: ignore[operator]
+            expected = w * (2 * L2_S) if name.endswith("weight") and w.ndim == 2 else torch.zeros_like(w)
+            torch.testing.assert_close(delta, expected, rtol=1e-6, atol=1e-8)
+
+
+def test_nested_trainer_reusing_the_callback_keeps_the_outer_penalty(tmp_path: Path) -> None:
+    """A WeightPenalty reused by a Trainer started inside another's fit: the outer run keeps its penalty."""
+    cb = WeightPenalty(l2=L2_S)
+
+    class Nested(Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            inner = pl.Trainer(**trainer_kwargs(tmp_path / "inner", max_steps=1, callbacks=[cb]))
+            inner.fit(Net("plain"), train_dataloaders=data())
+
+    model = Net("plain")
+    trainer = pl.Trainer(
+        **trainer_kwargs(tmp_path, max_epochs=1, callbacks=[Nested(), cb], limit_val_batches=0)
+    )
+    trainer.fit(model, train_dataloaders=data())
+    records = trainer.optimizers[0].records
+    assert len(records) == N_BATCHES
+    for before, _ in records:
+        w, g = before["head.weight"]
+        assert torch.equal(g, w * (2 * L2_S))
