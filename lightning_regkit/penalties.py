@@ -307,7 +307,7 @@ def _l1_foreach(params: Sequence[Tensor]) -> Tensor:
 def _l2_foreach(params: Sequence[Tensor]) -> Tensor:
     with torch.no_grad():
         ps = list(params)
-        if all(p.dtype in _FAST_VALUE_DTYPES for p in ps):
+        if all(p.dtype in _FAST_VALUE_DTYPES for p in ps) and hasattr(torch, "_foreach_powsum"):
             return _sum(torch._foreach_powsum(ps, 2))
         norms = _norms(ps, 2)
         return _sum(torch._foreach_mul(norms, norms))
