@@ -12,7 +12,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar off -q
 DEMO_ARGS ?=
 
-.PHONY: demo test setup lint typecheck pytest clean
+.PHONY: demo test test-fast setup lint typecheck pytest gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The inner loop: unit tests only (no slow, multi-process or notebook tests), in parallel.
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/pytest -m "not slow and not distributed" -p no:nbmake -o addopts="--strict-markers --doctest-modules" -q $(PYTEST_ARGS)
+
+# On a machine with a CUDA GPU: the CUDA tests and the penalty benchmark on the GPU, with the Python found there.
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -50,6 +50,13 @@ torch.set_num_threads(1)
 L1_S, L2_S = 1e-5, 1e-4
 SHAPES = [(6, 128), (24, 64), (12, 512)]
 LOG_EVERY = 50
+#: ``--device cuda`` runs the benchmark on the GPU (``make gpu-check``); timings then synchronize the device
+DEVICE = sys.argv[sys.argv.index("--device") + 1] if "--device" in sys.argv else "cpu"
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
 
 
 def encoder(layers: int, d: int) -> nn.Module:
@@ -58,9 +65,11 @@ def encoder(layers: int, d: int) -> nn.Module:
 
 
 def _time(f: Callable[[], object], calls: int) -> float:
+    _sync()
     t0 = time.perf_counter()
     for _ in range(calls):
         f()
+    _sync()
     return (time.perf_counter() - t0) / calls
 
 
@@ -79,7 +88,7 @@ def median_ratios(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, 
 
 def micro(layers: int, d: int, reps: int) -> tuple[int, dict[str, float]]:
     torch.manual_seed(0)
-    model = encoder(layers, d)
+    model = encoder(layers, d).to(DEVICE)
     params = list(model.parameters())
     for p in params:
         p.grad = torch.randn_like(p)
@@ -171,7 +180,8 @@ def fit_step_times(cls: type[SeqTask], layers: int, d: int, steps: int, data: Te
     torch.manual_seed(0)
     timer = StepTimer()
     trainer = pl.Trainer(
-        accelerator="cpu",
+        accelerator="gpu" if DEVICE.startswith("cuda") else "cpu",
+        devices=1,
         max_steps=steps,
         logger=False,
         enable_progress_bar=False,
@@ -191,6 +201,8 @@ def main() -> None:
     start = time.perf_counter()
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "?"
     print(f"load average at start: {load} ({torch.get_num_threads()} torch thread, {os.cpu_count()} CPUs)")
+    if DEVICE != "cpu":
+        print(f"device: {DEVICE} ({torch.cuda.get_device_name(0)})")
     print(
         "penalty time / one SGD(foreach=True) step over the same parameters (all tensors penalized), median"
     )
