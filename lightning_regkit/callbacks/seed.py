@@ -8,11 +8,21 @@ draws its initial weights before any callback runs; seed that too with
 seeds before the model is instantiated).
 
 Exact resume: every checkpoint holds the RNG states (Python, NumPy, torch CPU, CUDA) of every
-rank, taken when the checkpoint is written. On resume the states are put back in
-``on_train_start``, after Lightning has built the train dataloader and before the first batch,
-and the train iterator is created again from the restored state, as the uninterrupted run does
-at the start of each epoch: the sampler's shuffle seed and the workers' base seed (both drawn
-from torch's global generator when an iterator is created) then repeat exactly.
+rank, taken when the checkpoint is written, and where in the epoch it was written. On resume the
+states are validated when the checkpoint is loaded and put back in ``on_train_start``, after
+Lightning has built the train dataloader and before the first batch. The sampler's shuffle seed
+and the workers' base seed are drawn from torch's global generator when a train iterator is
+created, so what happens next depends on where the checkpoint was written:
+
+- at ``on_train_epoch_end`` (the epoch is marked processed): Lightning continues with the iterator
+  it built before the states were restored, so the callback creates it again, as the
+  uninterrupted run does at the start of each epoch;
+- at the end of a validation run after the epoch's last batch (``check_val_every_n_epoch > 1``,
+  ``val_check_interval < 1``, ``ModelCheckpoint(save_on_train_epoch_end=False)``), or at the last
+  training batch: Lightning finishes that epoch and creates the next epoch's iterator itself, so
+  the callback only restores the states;
+- mid-epoch: only a stateful dataloader (torchdata's ``StatefulDataLoader``) continues where the
+  checkpoint was written; the callback restores the states (and warns for a plain ``DataLoader``).
 """
 
 from __future__ import annotations
@@ -20,22 +30,41 @@ from __future__ import annotations
 import numbers
 import os
 import secrets
+import threading
+import weakref
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.fabric.utilities.data import _set_sampler_epoch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.trainer.connectors.accelerator_connector import _set_torch_flags
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
-from lightning_regkit.rng import capture_rng_state, restore_rng_state
+from lightning_regkit import _compat
+from lightning_regkit.rng import (
+    TORCH_CPU_STATE_BYTES,
+    TORCH_CUDA_STATE_BYTES,
+    WorkerRNGDataset,
+    capture_rng_state,
+    check_rng_state,
+    restore_rng_state,
+)
 
 __all__ = ["SeedEverything"]
 
 MAX_SEED = 2**32 - 1
 _Deterministic = bool | Literal["warn"] | None
+_OWNER = "SeedEverything"
+#: Fields a SeedEverything state may hold.
+_STATE_KEYS = ("seed", "seed_per_rank", "rank_seeds", "rng", "loader_generators", "epoch_end", "position")
+#: Where in the fit loop a checkpoint was written (field ``position``, added later: older checkpoints
+#: hold only ``epoch_end``, read as "train_epoch_end" when True and "mid_epoch" when False).
+POSITIONS = ("train_epoch_end", "validation_end", "last_batch", "mid_epoch")
+
+# Fits running now with a SeedEverything, by callback id: (thread id, callback). Two Trainers in two
+# threads of one process share the global generators, so neither run is reproducible: warned.
+_ACTIVE_LOCK = threading.Lock()
+_ACTIVE: dict[int, int] = {}
 
 
 def _check_seed(owner: str, name: str, value: Any, allow_none: bool) -> None:
@@ -48,6 +77,117 @@ def _check_seed(owner: str, name: str, value: Any, allow_none: bool) -> None:
         raise ValueError(f"{owner}: {name} must be in [0, 2**32 - 1] = [0, {MAX_SEED}], got {value}")
 
 
+def _field_error(field: str, expected: str, value: Any) -> ValueError:
+    shown = (
+        f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+        if isinstance(value, torch.Tensor)
+        else f"{value!r:.120} ({type(value).__name__})"
+    )
+    return ValueError(f"{_OWNER}: checkpoint field {field!r} must be {expected}, got {shown}")
+
+
+def _is_seed(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) <= MAX_SEED
+
+
+def check_seed_state(state: Any) -> None:
+    """Validate a ``SeedEverything`` checkpoint state; raise naming the field if anything is off.
+
+    Args:
+        state: What ``SeedEverything.state_dict`` wrote (after a checkpoint round trip).
+
+    Raises:
+        ValueError: ``"SeedEverything: checkpoint field '<field>' must be <expected>, got <value>"``.
+
+    Example:
+        >>> check_seed_state({"seed": 3, "seed_per_rank": False})
+        >>> check_seed_state({"seed": 3, "seed_per_rank": 1})
+        Traceback (most recent call last):
+        ...
+        ValueError: SeedEverything: checkpoint field 'seed_per_rank' must be a bool, got 1 (int)
+    """
+    if not isinstance(state, dict):
+        raise _field_error("<state>", "a dict", state)
+    unknown = sorted(str(k) for k in state if k not in _STATE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{_OWNER}: checkpoint has unknown field(s) {unknown}; known fields: {list(_STATE_KEYS)}"
+        )
+    for key in ("seed", "seed_per_rank"):
+        if key not in state:
+            raise ValueError(
+                f"{_OWNER}: checkpoint field {key!r} is missing (fields present: {sorted(state)})"
+            )
+    seed = state["seed"]
+    if seed is not None and not _is_seed(seed):
+        raise _field_error("seed", f"an int in [0, {MAX_SEED}] or None", seed)
+    if not isinstance(state["seed_per_rank"], bool):
+        raise _field_error("seed_per_rank", "a bool", state["seed_per_rank"])
+    if "rank_seeds" in state:
+        rank_seeds = state["rank_seeds"]
+        if (
+            not state["seed_per_rank"]
+            or seed is None
+            or not isinstance(rank_seeds, list)
+            or not rank_seeds
+            or not all(_is_seed(s) for s in rank_seeds)
+            or rank_seeds != [int(seed) + r for r in range(len(rank_seeds))]
+        ):
+            raise _field_error(
+                "rank_seeds",
+                "[seed, seed + 1, ...] (one per rank, present only with seed_per_rank=True)",
+                rank_seeds,
+            )
+    elif state["seed_per_rank"] and seed is not None:
+        raise ValueError(f"{_OWNER}: checkpoint field 'rank_seeds' is missing (seed_per_rank is True)")
+    if "rng" not in state:
+        for key in ("loader_generators", "epoch_end", "position"):
+            if key in state:
+                raise ValueError(f"{_OWNER}: checkpoint field {key!r} is present without field 'rng'")
+        return
+    rng = state["rng"]
+    if not isinstance(rng, list) or not rng:
+        raise _field_error("rng", "a non-empty list of RNG states (one per rank)", rng)
+    for rank, rank_state in enumerate(rng):
+        check_rng_state(rank_state, owner=_OWNER, name=f"checkpoint field 'rng[{rank}]'")
+    for key in ("loader_generators", "epoch_end"):
+        if key not in state:
+            raise ValueError(f"{_OWNER}: checkpoint field {key!r} is missing (it is written with 'rng')")
+    gens = state["loader_generators"]
+    if not isinstance(gens, list):
+        raise _field_error("loader_generators", "a list of torch.Generator states", gens)
+    sizes = (TORCH_CPU_STATE_BYTES, *TORCH_CUDA_STATE_BYTES)
+    for i, gen_state in enumerate(gens):
+        if (
+            not isinstance(gen_state, torch.Tensor)
+            or gen_state.dtype != torch.uint8
+            or gen_state.dim() != 1
+            or gen_state.numel() not in sizes
+        ):
+            raise _field_error(
+                f"loader_generators[{i}]",
+                f"a 1-D uint8 tensor of {sizes[0]} (CPU) or {sizes[1]} or {sizes[2]} (CUDA) bytes",
+                gen_state,
+            )
+    if not isinstance(state["epoch_end"], bool):
+        raise _field_error("epoch_end", "a bool", state["epoch_end"])
+    if "position" in state:
+        position = state["position"]
+        if position not in POSITIONS:
+            raise _field_error("position", f"one of {list(POSITIONS)}", position)
+        if (position == "mid_epoch") == state["epoch_end"]:
+            raise _field_error(
+                "position",
+                f"'mid_epoch' exactly when field 'epoch_end' is False (it is {state['epoch_end']})",
+                position,
+            )
+
+
+def _position(state: dict[str, Any]) -> str:
+    """Where a (validated) checkpoint state was written; older states hold only ``epoch_end``."""
+    return str(state.get("position", "train_epoch_end" if state["epoch_end"] else "mid_epoch"))
+
+
 def _flatten_loaders(obj: Any) -> list[Any]:
     if isinstance(obj, dict):
         return [dl for v in obj.values() for dl in _flatten_loaders(v)]
@@ -58,8 +198,6 @@ def _flatten_loaders(obj: Any) -> list[Any]:
 
 def _train_loaders(trainer: pl.Trainer) -> list[Any]:
     """The train dataloaders once the fit loop has built them (empty before)."""
-    if getattr(trainer.fit_loop, "_combined_loader", None) is None:
-        return []
     return _flatten_loaders(trainer.train_dataloader)
 
 
@@ -75,6 +213,10 @@ def _loader_generators(trainer: pl.Trainer) -> list[torch.Generator]:
     return found
 
 
+def _is_stateful_loader(dl: Any) -> bool:
+    return callable(getattr(dl, "state_dict", None)) and callable(getattr(dl, "load_state_dict", None))
+
+
 class SeedEverything(Callback):
     """Seed every run, record the seed, and make resumed runs bit-identical to uninterrupted ones.
 
@@ -83,16 +225,20 @@ class SeedEverything(Callback):
     seeding on by default; records the seed in the loggers' hyperparameters and in checkpoints;
     saves the RNG states in every checkpoint and restores them on resume.
 
-    Exact resume holds for checkpoints written at the end of a training epoch (Lightning's
-    ``ModelCheckpoint`` default), with dropout, shuffling, ``num_workers > 0`` and DDP. Limits,
-    each warned about when it applies: a checkpoint written mid-epoch resumes exactly only with a
-    stateful dataloader (one with ``state_dict``/``load_state_dict``, e.g. torchdata's
-    ``StatefulDataLoader``), because a plain ``DataLoader`` restarts its epoch; random draws made
-    *inside* persistent worker processes (``persistent_workers=True``) are not reachable from the
-    main process, so such augmentations continue from a fresh worker seed after resume
-    (everything drawn in the main process - shuffle order, dropout - is still exact). With
-    ``persistent_workers=False`` workers are re-created each epoch from the restored main RNG, so
-    their draws resume exactly too.
+    Exact resume (weights, optimizer state and logged values bit-identical to the uninterrupted
+    run) holds for checkpoints written at the end of a training epoch or at the end of a validation
+    run after an epoch's last batch (``check_val_every_n_epoch > 1``, ``val_check_interval < 1``,
+    ``save_on_train_epoch_end=False``), with dropout, shuffling, ``num_workers > 0`` and DDP; and
+    for checkpoints written mid-epoch (``every_n_train_steps``) when the train dataloader is
+    stateful (torchdata's ``StatefulDataLoader``; with augmentation drawn in worker processes, wrap
+    the dataset in :class:`~lightning_regkit.rng.WorkerRNGDataset`). Limits, each warned about when
+    it applies: a plain ``DataLoader`` restarts its epoch after a mid-epoch checkpoint; random draws
+    made inside persistent worker processes (``persistent_workers=True``) continue from fresh
+    worker seeds after resume. See ``docs/reproducibility.md`` for the measured figures.
+
+    A drawn seed (``seed=None``) is drawn once per Trainer and used for all its stages; a callback
+    reused with another Trainer starts from its arguments again: nothing of a previous fit carries
+    over except through ``ckpt_path``.
 
     Args:
         seed: The seed, in ``[0, 2**32 - 1]``. ``None`` draws a fresh one from the operating
@@ -134,15 +280,13 @@ class SeedEverything(Callback):
         restore_rng: bool = True,
     ) -> None:
         super().__init__()
-        _check_seed("SeedEverything", "seed", seed, allow_none=True)
+        _check_seed(_OWNER, "seed", seed, allow_none=True)
         for name, flag in (("workers", workers), ("per_rank", per_rank), ("restore_rng", restore_rng)):
             if not isinstance(flag, bool):
-                raise TypeError(
-                    f"SeedEverything: {name} must be a bool, got {flag!r} ({type(flag).__name__})"
-                )
+                raise TypeError(f"{_OWNER}: {name} must be a bool, got {flag!r} ({type(flag).__name__})")
         if not (deterministic is None or isinstance(deterministic, bool) or deterministic == "warn"):
             raise ValueError(
-                f"SeedEverything: deterministic must be True, False, 'warn' or None, got {deterministic!r}"
+                f"{_OWNER}: deterministic must be True, False, 'warn' or None, got {deterministic!r}"
             )
         self.requested_seed = None if seed is None else int(seed)
         self.workers = workers
@@ -153,6 +297,8 @@ class SeedEverything(Callback):
         self.seed: int | None = self.requested_seed
         self.rank_seed: int | None = None
         self.world_size = 1
+        self._next_seed: int | None = None  # fixed by seed_now() for the next stage's setup
+        self._seed_trainer: weakref.ReferenceType[pl.Trainer] | None = None  # whose stages share self.seed
         self._pending: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
 
@@ -160,7 +306,8 @@ class SeedEverything(Callback):
     def seed_now(self, rank: int = 0) -> int:
         """Seed Python, NumPy and torch now (e.g. before building the model); return the seed used.
 
-        With ``seed=None`` the fresh seed is drawn here once and kept for the run.
+        The next stage's ``setup`` seeds with the same seed. With ``seed=None`` a fresh seed is
+        drawn here and kept for that stage.
 
         Args:
             rank: The process's global rank; used only when ``per_rank=True`` (seed ``seed + rank``).
@@ -175,10 +322,18 @@ class SeedEverything(Callback):
             >>> a[0] == b[0] and bool(torch.equal(a[1], b[1]))
             True
         """
-        if self.seed is None:
-            self.seed = secrets.randbelow(MAX_SEED + 1)
+        if self._next_seed is None:
+            self._next_seed = self._configured_seed()
+        self.seed = self._next_seed
+        return self._seed_process(rank)
+
+    def _configured_seed(self) -> int:
+        return self.requested_seed if self.requested_seed is not None else secrets.randbelow(MAX_SEED + 1)
+
+    def _seed_process(self, rank: int) -> int:
+        assert self.seed is not None
         rank_seed = self.seed + rank if self.per_rank else self.seed
-        _check_seed("SeedEverything", "seed + rank (per_rank=True)", rank_seed, allow_none=False)
+        _check_seed(_OWNER, "seed + rank (per_rank=True)", rank_seed, allow_none=False)
         pl.seed_everything(rank_seed, workers=self.workers, verbose=False)
         # the distributed sampler reads PL_GLOBAL_SEED: keep it equal on all ranks so shards partition
         os.environ["PL_GLOBAL_SEED"] = str(self.seed)
@@ -208,45 +363,76 @@ class SeedEverything(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
         self._pending = None  # RNG states come only from this stage's checkpoint (loaded after setup)
+        self._warn_if_other_thread_runs()
         self._apply_determinism(trainer)
         self.world_size = trainer.world_size
-        if self.seed is None:
-            self.seed = secrets.randbelow(MAX_SEED + 1)
+        same_trainer = self._seed_trainer is not None and self._seed_trainer() is trainer
+        if self._next_seed is not None:  # seed_now() was called for this stage
+            seed = self._next_seed
+        elif same_trainer and self.seed is not None:  # another stage of the same Trainer: same seed
+            seed = self.seed
+        else:  # a new Trainer: from the arguments again, nothing of a previous fit carries over
+            seed = self._configured_seed()
+        self._next_seed = None
         # rank 0's seed wins: a seed drawn per process (seed=None) must agree across ranks
-        self.seed = int(trainer.strategy.broadcast(self.seed, src=0))
+        self.seed = int(trainer.strategy.broadcast(seed, src=0))
+        self._seed_trainer = weakref.ref(trainer)
         if self.per_rank:
             _check_seed(
-                "SeedEverything",
+                _OWNER,
                 "seed + world_size - 1 (per_rank=True)",
                 self.seed + self.world_size - 1,
                 allow_none=False,
             )
-        self.seed_now(trainer.global_rank)
-        if self.requested_seed is None:
-            rank_zero_info(
-                f"SeedEverything: drew seed {self.seed} (pass seed={self.seed} to repeat this run)"
-            )
+        self._seed_process(trainer.global_rank)
+        if self.requested_seed is None and not same_trainer:
+            rank_zero_info(f"{_OWNER}: drew seed {self.seed} (pass seed={self.seed} to repeat this run)")
         for logger in trainer.loggers:
             logger.log_hyperparams(self.seed_record())
+
+    def _warn_if_other_thread_runs(self) -> None:
+        me = threading.get_ident()
+        with _ACTIVE_LOCK:
+            others = [tid for key, tid in _ACTIVE.items() if key != id(self) and tid != me]
+            _ACTIVE[id(self)] = me
+        if others:
+            rank_zero_warn(
+                f"{_OWNER}: another Trainer with a SeedEverything is running in another thread of this"
+                " process; both draw from the same global generators (torch, NumPy, Python), so neither"
+                " run is reproducible. Run them in separate processes"
+            )
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(id(self), None)
+        self._pending = None
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(id(self), None)
 
     def _apply_determinism(self, trainer: pl.Trainer) -> None:
         if self.deterministic is not None:
             # Trainer(deterministic=True) has already called torch.use_deterministic_algorithms(True)
             if self.deterministic is False and torch.are_deterministic_algorithms_enabled():
                 raise ValueError(
-                    "SeedEverything: deterministic=False conflicts with deterministic algorithms already"
+                    f"{_OWNER}: deterministic=False conflicts with deterministic algorithms already"
                     " enabled (Trainer(deterministic=True) or torch.use_deterministic_algorithms(True));"
                     " set it in one place"
                 )
             if torch.backends.cudnn.benchmark and self.deterministic:
                 rank_zero_warn(
-                    "SeedEverything: torch.backends.cudnn.benchmark=True (e.g. Trainer(benchmark=True)) picks"
+                    f"{_OWNER}: torch.backends.cudnn.benchmark=True (e.g. Trainer(benchmark=True)) picks"
                     " cuDNN kernels by timing; deterministic=True turns it off"
                 )
-            _set_torch_flags(deterministic=self.deterministic)
+            _compat.set_torch_flags(deterministic=self.deterministic)
         elif torch.backends.cudnn.benchmark:
             rank_zero_warn(
-                "SeedEverything: torch.backends.cudnn.benchmark=True picks cuDNN kernels by timing, so CUDA"
+                f"{_OWNER}: torch.backends.cudnn.benchmark=True picks cuDNN kernels by timing, so CUDA"
                 " runs with the same seed can differ; use Trainer(benchmark=False) or deterministic=True"
             )
         if (
@@ -255,7 +441,7 @@ class SeedEverything(Callback):
             and not self.deterministic
         ):
             rank_zero_warn(
-                "SeedEverything: on CUDA, nondeterministic kernels can make same-seed runs differ bitwise;"
+                f"{_OWNER}: on CUDA, nondeterministic kernels can make same-seed runs differ bitwise;"
                 " pass deterministic=True (or Trainer(deterministic=True)) for bit-identical runs"
             )
 
@@ -266,9 +452,24 @@ class SeedEverything(Callback):
             return
         states = pending["rng"]
         rank = trainer.global_rank
+        gens = _loader_generators(trainer)
+        saved_gens = pending["loader_generators"]
+        # everything is checked before anything is restored
+        for i, (gen, saved) in enumerate(zip(gens, saved_gens, strict=False)):
+            if gen.get_state().numel() != saved.numel():
+                raise ValueError(
+                    f"{_OWNER}: checkpoint field 'loader_generators[{i}]' holds a {saved.numel()}-byte"
+                    f" generator state, but train dataloader generator {i} (device {gen.device}) has"
+                    f" {gen.get_state().numel()}-byte states"
+                )
+        if len(gens) != len(saved_gens):
+            rank_zero_warn(
+                f"{_OWNER}: checkpoint holds {len(saved_gens)} train dataloader generator state(s), the train"
+                f" dataloaders now have {len(gens)}; the shuffle order does not resume exactly"
+            )
         if len(states) != trainer.world_size:
             rank_zero_warn(
-                f"SeedEverything: checkpoint holds RNG states for {len(states)} rank(s), this run has "
+                f"{_OWNER}: checkpoint holds RNG states for {len(states)} rank(s), this run has "
                 f"{trainer.world_size}; ranks without their own state reuse rank 0's, so the resume is not"
                 " exact"
             )
@@ -276,41 +477,62 @@ class SeedEverything(Callback):
         if pending.get("seed") is not None:  # the resumed run continues the recorded seed: record it
             for logger in trainer.loggers:
                 logger.log_hyperparams(self.seed_record())
+        loaders = _train_loaders(trainer)
         if any(
-            getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0
-            for dl in _train_loaders(trainer)
+            getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0 for dl in loaders
         ):
             rank_zero_warn(
-                "SeedEverything: resuming with persistent_workers=True: random draws made inside the worker"
+                f"{_OWNER}: resuming with persistent_workers=True: random draws made inside the worker"
                 " processes (augmentation in Dataset.__getitem__) continue from fresh worker seeds, not from"
                 " where the uninterrupted run's workers were; shuffling and everything drawn in the main"
                 " process resume exactly. Use persistent_workers=False for an exact resume of worker draws"
             )
-        gens = _loader_generators(trainer)
-        saved_gens = pending.get("loader_generators", [])
         for gen, state in zip(gens, saved_gens, strict=False):
             gen.set_state(state)
-        if not pending.get("epoch_end", True):
-            if not any(callable(getattr(dl, "load_state_dict", None)) for dl in _train_loaders(trainer)):
+        position = _position(pending)
+        if position == "mid_epoch":
+            if not all(_is_stateful_loader(dl) for dl in loaders):
                 rank_zero_warn(
-                    "SeedEverything: resuming from a checkpoint written mid-epoch with a DataLoader that has"
+                    f"{_OWNER}: resuming from a checkpoint written mid-epoch with a DataLoader that has"
                     " no state_dict: Lightning restarts that epoch's data from a new iterator, so this resume"
                     " is not bit-identical to the uninterrupted run (RNG states are restored; resume from an"
                     " epoch-end checkpoint, or use a stateful dataloader such as torchdata's"
                     " StatefulDataLoader)"
                 )
+            elif any(
+                getattr(dl, "num_workers", 0) > 0
+                and not isinstance(getattr(dl, "dataset", None), WorkerRNGDataset)
+                for dl in loaders
+            ):
+                rank_zero_info(
+                    f"{_OWNER}: resuming mid-epoch with worker processes: random draws inside the workers"
+                    " (augmentation in Dataset.__getitem__) resume exactly only if the dataset is wrapped in"
+                    " lightning_regkit.rng.WorkerRNGDataset"
+                )
             return  # a stateful loader already continues from its saved position: do not re-create it
-        # Re-create the train iterator from the restored state, as the uninterrupted run does at the start
-        # of each epoch (training_epoch_loop.on_run_start): the shuffle seed and workers' base seed repeat.
-        # The sampler's epoch first: Lightning sets it (DistributedSampler.set_epoch) only later, in
-        # on_advance_start, and a multi-worker iterator draws its first indices as soon as it is created, so
-        # without this a DDP resume with num_workers > 0 replays the wrong shuffle for its first epoch.
-        progress = trainer.fit_loop.epoch_progress.current  # a _ProcessedTracker, typed as its base
-        for dl in _train_loaders(trainer):
-            _set_sampler_epoch(dl, int(progress.processed))  # type: ignore[attr-defined]
-        fetcher = getattr(trainer.fit_loop, "_data_fetcher", None)
-        if fetcher is not None:
-            iter(fetcher)
+        if position == "last_batch" and self._last_batch_resume_inexact(trainer, loaders):
+            rank_zero_warn(
+                f"{_OWNER}: resuming from a checkpoint written at the last training batch of an epoch"
+                " (e.g. ModelCheckpoint(every_n_train_steps) at an epoch boundary) with validation"
+                " enabled: Lightning skips the validation that followed it but still creates its dataloader"
+                " iterators, in an order that differs from the uninterrupted run, so this resume is not"
+                " bit-identical unless num_workers=0, check_val_every_n_epoch=1 and val_check_interval=1.0."
+                " Resume from an epoch-end or validation-end checkpoint for an exact resume"
+            )
+        if position == "validation_end":
+            # Written at the end of a validation run after the epoch's last batch, before Lightning marked
+            # the epoch processed: Lightning finishes that epoch after the resume (on_train_epoch_end) and
+            # creates the next epoch's iterator itself, from the states just restored.
+            return
+        # Written at on_train_epoch_end or at the last training batch: Lightning goes on with the iterator
+        # it built before the states were restored. Re-create it, as the uninterrupted run does at the start
+        # of each epoch: the shuffle seed and workers' base seed repeat. The sampler's epoch first:
+        # Lightning sets it (DistributedSampler.set_epoch) only later, and a multi-worker iterator draws its
+        # first indices as soon as it is created.
+        processed = _compat.epochs_processed(trainer)
+        for dl in loaders:
+            _compat.set_sampler_epoch(dl, processed)
+        _compat.recreate_train_iterator(trainer)
 
     # ------------------------------------------------------------------ checkpoint
     @override
@@ -326,10 +548,29 @@ class SeedEverything(Callback):
             state["rng"] = gathered
         else:
             state["rng"] = [local]
-        if trainer is not None:
-            state["loader_generators"] = [g.get_state() for g in _loader_generators(trainer)]
-            state["epoch_end"] = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+        state["loader_generators"] = (
+            [] if trainer is None else [g.get_state() for g in _loader_generators(trainer)]
+        )
+        state["epoch_end"] = True if trainer is None else _compat.is_last_batch(trainer)
+        state["position"] = "train_epoch_end" if trainer is None else self._where(trainer, state["epoch_end"])
         return state
+
+    @staticmethod
+    def _last_batch_resume_inexact(trainer: pl.Trainer, loaders: list[Any]) -> bool:
+        """Exact as measured (docs/reproducibility.md): no validation, or 0 workers + validation per epoch."""
+        if not trainer.enable_validation:
+            return False
+        workers = any(getattr(dl, "num_workers", 0) > 0 for dl in loaders)
+        every_epoch = trainer.check_val_every_n_epoch == 1 and trainer.val_check_interval == 1.0
+        return workers or not every_epoch
+
+    @staticmethod
+    def _where(trainer: pl.Trainer, last_batch: bool) -> str:
+        if not last_batch:
+            return "mid_epoch"
+        if _compat.epoch_marked_processed(trainer):
+            return "train_epoch_end"
+        return "validation_end" if trainer.validating else "last_batch"
 
     @override
     def on_load_checkpoint(
@@ -338,7 +579,7 @@ class SeedEverything(Callback):
         # Lightning calls load_state_dict only for callbacks that have a state in the checkpoint
         if self.restore_rng and self.state_key not in (checkpoint.get("callbacks") or {}):
             rank_zero_warn(
-                "SeedEverything: the checkpoint holds no SeedEverything state (it was written without this"
+                f"{_OWNER}: the checkpoint holds no SeedEverything state (it was written without this"
                 " callback): the RNG states (dropout, shuffling, DataLoader workers) are not restored, so"
                 " this resume is not bit-identical to an uninterrupted run; it continues from freshly"
                 " seeded streams"
@@ -346,15 +587,28 @@ class SeedEverything(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved_seed = state_dict.get("seed")
+        """Validate a checkpoint's state (every field) and hold the RNG states for ``on_train_start``.
+
+        Raises:
+            ValueError: If any field has the wrong type, shape or range, or a required field is
+                missing; the message names the callback and the field (see :func:`check_seed_state`).
+
+        Example:
+            >>> cb = SeedEverything(1)
+            >>> cb.load_state_dict({"seed": 5, "seed_per_rank": False})
+            >>> cb.seed
+            5
+        """
+        check_seed_state(state_dict)
+        saved_seed = state_dict["seed"]
         if saved_seed is not None:
             if self.requested_seed is not None and self.requested_seed != saved_seed:
                 rank_zero_warn(
-                    f"SeedEverything: resuming a run recorded with seed={saved_seed} while seed="
+                    f"{_OWNER}: resuming a run recorded with seed={saved_seed} while seed="
                     f"{self.requested_seed} was passed; the checkpoint's RNG states continue the original run"
                 )
             self.seed = int(saved_seed)
         if self.restore_rng and "rng" in state_dict:
             self._pending = state_dict
         elif self.restore_rng:
-            rank_zero_warn("SeedEverything: the checkpoint holds no RNG state; this resume is not exact")
+            rank_zero_warn(f"{_OWNER}: the checkpoint holds no RNG state; this resume is not exact")
