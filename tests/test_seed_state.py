@@ -335,19 +335,13 @@ def test_reused_instance_after_a_resume_starts_from_its_arguments(tmp_path: Path
     assert max_abs_diff(again, fresh) == 0.0
 
 
-def test_reused_instance_after_loading_a_state_restores_nothing(tmp_path: Path) -> None:
+def test_reused_instance_after_loading_a_state_restores_nothing(checkpoint: Path, tmp_path: Path) -> None:
     """A state loaded outside a resume (by hand, before fit) is neither applied nor adopted by a new fit."""
     reused = SeedEverything(5)
-    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="e1")
-    trainer = pl.Trainer(
-        **trainer_kwargs(
-            tmp_path, max_epochs=1, callbacks=[SeedEverything(3), ckpt], enable_checkpointing=True
-        )
-    )
-    trainer.fit(LitClassifier(), SyntheticDataModule())
-    reused.load_state_dict(_state(tmp_path / "ckpt" / "e1.ckpt"))  # e.g. loaded by hand, before any fit
-    again, _ = _fit(tmp_path, reused, 1, "again")
+    reused.load_state_dict(_state(checkpoint))  # recorded with seed 3
+    again, trainer = _fit(tmp_path, reused, 1, "again")
     fresh, _ = _fit(tmp_path, SeedEverything(5), 1, "fresh")
+    assert _logged_seed(trainer) == 5
     assert max_abs_diff(again, fresh) == 0.0
 
 
