@@ -43,6 +43,7 @@ __all__ = [
     "DropoutDriver",
     "describe_dropout_modules",
     "find_dropout_modules",
+    "holds_tensor_p",
     "tensor_p_dropout",
 ]
 
@@ -241,7 +242,7 @@ def describe_dropout_modules(
 # input. Eagerly the hooks put the exact Python float back for the duration of the forward, so an
 # eager forward runs torch's own kernels with the same float: bit-identical to plain dropout.
 
-_ALPHA = 1.7580993408473766  # SELU's -scale * alpha, as in ATen's alpha dropout
+_ALPHA = 1.7580993408473766  # SELU's scale * alpha: ATen's alpha-dropout constant
 
 
 def tensor_p_dropout(

@@ -17,6 +17,7 @@ import copy
 import math
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning.pytorch as pl
@@ -278,6 +279,7 @@ def test_new_p_does_not_recompile() -> None:
     model = Stack()
     assert len(find_dropout_modules(model)) == 11  # 6 dropouts, mha, encoder: attention + 3 dropouts
     drivers = drive(model)
+    assert all(driver.tensor is not None for driver in drivers)  # fails if torch's functionals moved
     backend = CountingBackend()
     compiled = torch.compile(model, backend=backend)
     x = torch.randn(2, 4, 8, requires_grad=True)
@@ -372,6 +374,13 @@ def test_eager_output_and_grads_bit_identical_to_plain_dropout(name: str) -> Non
     assert all(torch.equal(u, v) for u, v in zip(pa, pb, strict=True))
     with torch.no_grad():  # and the dropout really acted: the output is not the eval-mode one
         assert not torch.equal(a, call(plain.eval(), x.detach()))
+        # code that calls forward() directly (no hooks) gets the tensor p: still the same output
+        plain.train(), driven.train()
+        x = x.detach()
+        torch.manual_seed(5)
+        direct = driven.forward(x, x, x, need_weights=False)[0] if "Multihead" in name else driven.forward(x)
+        torch.manual_seed(5)
+        assert torch.equal(direct, call(plain, x))
 
 
 def test_fit_with_constant_schedule_trains_bit_identically_to_a_plain_model(tmp_path: Path) -> None:
@@ -509,6 +518,7 @@ def saved_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, st
     return root / "last.ckpt", cb.state_key
 
 
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
 @pytest.mark.parametrize("case", list(BAD_STATES))
 def test_corrupted_state_raises_at_load_and_never_reaches_training(
     case: str, saved_checkpoint: tuple[Path, str], tmp_path: Path
@@ -546,6 +556,13 @@ def test_valid_state_round_trips_and_older_forms_load(saved_checkpoint: tuple[Pa
     assert cb.state_dict() == before_fit
     cb.load_state_dict({"t": 3, "value": 0, "base": {"gen.2": 0}})  # ints for numbers: accepted
     assert cb.state_dict() == {"t": 3, "value": 0.0, "base": {"gen.2": 0.0}}
+    # a base naming a module the selection does not drive (model changed): said, and ignored
+    model = GanLike(p=0.1)
+    cb.load_state_dict({"t": None, "value": None, "base": {"gen.2": 0.2, "gone.3": 0.3}})
+    with pytest.warns(UserWarning, match=r"names module\(s\) \['gone.3'\] that this selection does not"):
+        cb.on_fit_start(SimpleNamespace(callbacks=[cb]), model)  # type: ignore[arg-type]
+    cb.teardown(SimpleNamespace(callbacks=[cb]), model, "fit")  # type: ignore[arg-type]
+    assert model.gen[2].p == 0.2  # the checkpointed run's initial p comes back
 
 
 # ----------------------------------------------------------------------------- reused instances
