@@ -11,6 +11,7 @@ from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.callbacks.weight_penalty import WeightPenalty
+from lightning_regkit.compare import Comparison, compare
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import DEFAULT_EXCLUDE, L1, L2, MaxNorm
 from lightning_regkit.rng import capture_rng_state, restore_rng_state
@@ -22,6 +23,7 @@ __all__: list[str] = [
     "DEFAULT_EXCLUDE",
     "L1",
     "L2",
+    "Comparison",
     "DropoutScheduler",
     "EarlyStopping",
     "MaxNorm",
@@ -34,6 +36,7 @@ __all__: list[str] = [
     "WeightPenalty",
     "__version__",
     "capture_rng_state",
+    "compare",
     "criteria",
     "restore_rng_state",
     "schedules",

@@ -29,6 +29,7 @@ from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.callbacks.weight_penalty import WeightPenalty
+from lightning_regkit.compare import compare
 from lightning_regkit.criteria import GL, PQ, UP
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import L1, L2, MaxNorm, resolve_penalties
@@ -152,6 +153,7 @@ for arg, value, exc in [
     sweep_kw.pop(arg, None)
     element = {"[-1]": "-1", "['a']": "'a'"}.get(repr(value))  # the message names the bad seed
     bad("seed_sweep", seed_sweep, arg, value, exc, _shown=element, **sweep_kw)
+bad("compare", compare, "gamma", 0.5, V, [0.1, 0.2], [0.2, 0.1], higher_is_better=True)
 bad("MetricSummary", MetricSummary.of, "values", [], V, "loss")
 bad("MetricSummary", MetricSummary.of, "confidence", 1.5, V, "loss", [1.0, 2.0])
 bad("restore_rng_state", restore_rng_state, "state", "x", V)
@@ -288,7 +290,7 @@ def test_catalogue_covers_every_public_constructor() -> None:
         for name in lightning_regkit.__all__
         if callable(getattr(lightning_regkit, name)) and name not in ("capture_rng_state",)
     }
-    results = {"SeedResult", "SweepResult", "RegkitStoppingReason"}  # built by the kit, not by users
+    results = {"SeedResult", "SweepResult", "RegkitStoppingReason", "Comparison"}  # built by the kit
     assert exported - results <= owners, exported - results - owners
     kit = {"RegularizedModule", "WeightPenalty", "DropoutScheduler", "L1", "L2", "MaxNorm"}
     schedules = {
