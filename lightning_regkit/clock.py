@@ -78,9 +78,9 @@ class TrainingClock:
         max_epochs = trainer.max_epochs
         if self.interval == "epoch":
             return int(max_epochs) if max_epochs is not None and max_epochs >= 0 else None
-        if not self.manual:
+        if not self.manual:  # Lightning gives inf, or max_steps (-1: unlimited) for a loader without a length
             total = trainer.estimated_stepping_batches
-            return int(total) if math.isfinite(total) else None
+            return int(total) if math.isfinite(total) and total >= 0 else None
         batches = trainer.num_training_batches
         if max_epochs is None or max_epochs < 0 or not math.isfinite(batches):
             return None

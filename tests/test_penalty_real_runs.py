@@ -708,3 +708,18 @@ def test_nested_trainer_reusing_the_callback_keeps_the_outer_penalty(tmp_path: P
     for before, _ in records:
         w, g = before["head.weight"]
         assert torch.equal(g, w * (2 * L2_S))
+
+
+def test_unknown_length_gives_no_total(tmp_path: Path) -> None:
+    """An iterable loader without a length and max_steps=-1: total is unknown, so a schedule of progress
+    refuses at the start (before any step) instead of running at progress 1 from step 0."""
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self) -> Any:
+            return iter([torch.randn(8, 6) for _ in range(3)])
+
+    model = RegNet("plain", l2=Linear(0.0, 1.0))
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    with pytest.raises(ValueError, match="needs the length of training"):
+        trainer.fit(model, train_dataloaders=DataLoader(Stream(), batch_size=None))
+    assert trainer.optimizers[0].records == []
