@@ -1,6 +1,7 @@
 # Two commands do everything, set-up included:
 #   make demo   -- create/refresh .venv, then run the demo (examples/demo.py)
 #   make test   -- create/refresh .venv, then ruff, mypy and pytest (tests, doctests, notebooks)
+#   make docs   -- build the documentation site into build/site (MkDocs, warnings are errors)
 # The set-up runs again only when pyproject.toml changes (stamp file .venv/.installed).
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ TORCH_SPEC ?= torch==2.13.0
 PIP_INSTALL := $(PY) -m pip install --disable-pip-version-check --progress-bar off -q
 DEMO_ARGS ?=
 
-.PHONY: demo test test-fast setup lint typecheck pytest gpu-check clean
+.PHONY: demo test test-fast setup lint typecheck pytest docs gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +45,9 @@ test: lint typecheck pytest
 # The inner loop: unit tests only (no slow, multi-process or notebook tests), in parallel.
 test-fast: $(VENV)/.installed
 	$(VENV)/bin/pytest -m "not slow and not distributed" -p no:nbmake -o addopts="--strict-markers --doctest-modules" -q $(PYTEST_ARGS)
+
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict
 
 # On a machine with a CUDA GPU: the CUDA tests and the penalty benchmark on the GPU, with the Python found there.
 gpu-check:
