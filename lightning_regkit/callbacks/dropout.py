@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
@@ -23,11 +23,13 @@ from lightning_regkit.dropout import (
     find_dropout_modules,
 )
 from lightning_regkit.schedules import Schedule, as_schedule
+from lightning_regkit.validation import check_bool, check_choice
 
 __all__ = ["DropoutScheduler"]
 
 _OWNER = "DropoutScheduler"
-_MODES = ("absolute", "relative")
+#: ``"absolute"``: the schedule gives p; ``"relative"``: a factor of each module's initial p.
+DropoutMode = Literal["absolute", "relative"]
 _STATE_KEYS = ("t", "value", "base")
 
 
@@ -204,14 +206,13 @@ class DropoutScheduler(Callback):
         names: str | Sequence[str] | None = None,
         exclude: str | Sequence[str] | None = None,
         custom: Mapping[str | type, str] | None = None,
-        mode: str = "absolute",
+        mode: DropoutMode = "absolute",
         restore: bool = True,
         log_p: bool = True,
     ) -> None:
         owner = _OWNER
-        if mode not in _MODES:
-            raise ValueError(f"{owner}: mode must be one of {list(_MODES)}, got {mode!r}")
-        TrainingClock(interval, owner)  # validates interval
+        check_choice(owner, "mode", mode, DropoutMode)
+        check_choice(owner, "interval", interval, Interval)
         if isinstance(schedule, bool) or not (
             isinstance(schedule, (int, float, Schedule)) or callable(schedule)
         ):
@@ -252,11 +253,9 @@ class DropoutScheduler(Callback):
                 raise ValueError(f"{owner}: custom[{key!r}] must be an attribute name, got {attribute!r}")
         self.custom: dict[TypeKey, str] = custom
         self.interval: Interval = interval
-        self.mode = mode
-        for name, flag in (("restore", restore), ("log_p", log_p)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{owner}: {name} must be a bool, got {flag!r}")
-        self.restore = restore
+        self.mode: DropoutMode = mode
+        self.restore = check_bool(owner, "restore", restore)
+        check_bool(owner, "log_p", log_p)
         # not `self.log`: Lightning overwrites `callback.log` with the LightningModule's `log`
         self.log_p = log_p
 
