@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 __all__ = ["batches_completed", "should_update_logs"]
@@ -151,3 +152,33 @@ __all__ += [
     "set_sampler_epoch",
     "set_torch_flags",
 ]
+
+
+# ----------------------------------------------------------------------------- Lightning versions
+# Names that exist only in newer Lightning releases; the kit carries an equivalent for older ones.
+try:
+    from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
+except ImportError:  # Lightning < 2.6 has no stopping reasons
+
+    class EarlyStoppingReason(Enum):  # type: ignore[no-redef]
+        """Why EarlyStopping stopped: Lightning 2.6's ``EarlyStoppingReason``, carried for older releases.
+
+        Same member names and values as Lightning's; with Lightning >= 2.6 this name *is* Lightning's
+        class, so ``stopping_reason`` compares equal to Lightning's members there.
+
+        Example:
+            >>> EarlyStoppingReason.PATIENCE_EXHAUSTED.value
+            3
+        """
+
+        NOT_STOPPED = 0
+        STOPPING_THRESHOLD = 1
+        DIVERGENCE_THRESHOLD = 2
+        PATIENCE_EXHAUSTED = 3
+        NON_FINITE_METRIC = 4
+
+
+LIGHTNING_HAS_STOPPING_REASON = EarlyStoppingReason.__module__.startswith("lightning.")
+"""Whether the installed Lightning's own EarlyStopping sets ``stopping_reason`` (Lightning >= 2.6)."""
+
+__all__ += ["LIGHTNING_HAS_STOPPING_REASON", "EarlyStoppingReason"]

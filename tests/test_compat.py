@@ -7,6 +7,7 @@ Lightning, in both namespaces: a release that moves one fails here, not silently
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -47,3 +48,98 @@ def test_batch_count_and_logging_steps_from_a_real_run(tmp_path: Path, namespace
 
 def test_should_update_logs_without_a_trainer() -> None:
     assert should_update_logs(None) is True
+
+
+# ----------------------------------------------------------------------------- EarlyStopping
+# Lightning 2.6's EarlyStoppingReason: the kit's copy for older releases has exactly these members
+LIGHTNING_2_6_REASONS = {
+    "NOT_STOPPED": 0,
+    "STOPPING_THRESHOLD": 1,
+    "DIVERGENCE_THRESHOLD": 2,
+    "PATIENCE_EXHAUSTED": 3,
+    "NON_FINITE_METRIC": 4,
+}
+
+
+@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
+def test_early_stopping_reason_is_lightnings_or_an_equal_copy(namespace: str) -> None:
+    from lightning_regkit._compat import LIGHTNING_HAS_STOPPING_REASON, EarlyStoppingReason
+
+    module = importlib.import_module(f"{namespace}.callbacks.early_stopping")
+    theirs = getattr(module, "EarlyStoppingReason", None)
+    # Lightning's class sets stopping_reason exactly when it has the enum (>= 2.6)
+    has_reason = hasattr(module.EarlyStopping(monitor="x"), "stopping_reason")
+    assert has_reason is (theirs is not None)
+    assert {m.name: m.value for m in EarlyStoppingReason} == LIGHTNING_2_6_REASONS
+    if theirs is not None:
+        assert {m.name: m.value for m in theirs} == LIGHTNING_2_6_REASONS
+    if namespace == "lightning.pytorch":
+        assert LIGHTNING_HAS_STOPPING_REASON is has_reason
+        # with a Lightning that has it, the kit's name *is* Lightning's class (reasons compare equal)
+        assert (
+            (EarlyStoppingReason is theirs)
+            if has_reason
+            else EarlyStoppingReason.__module__ == ("lightning_regkit._compat")
+        )
+
+
+# what the kit's EarlyStopping reads or overrides of Lightning's class (callbacks/early_stopping.py)
+EARLY_STOPPING_PRIVATE = {
+    "_run_early_stopping_check": "method",  # overridden: Lightning's hooks must call it
+    "_evaluate_stopping_criteria": "method",
+    "_validate_condition_metric": "method",
+    "_improvement_message": "method",
+    "_log_info": "method",
+    "_generate_state_key": "method",
+    "_legacy_state_key": "property",
+    "mode_dict": "dict",
+    "order_dict": "dict",
+}
+
+
+@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
+def test_early_stopping_private_names_and_hook_calls(tmp_path: Path, namespace: str) -> None:
+    pl = importlib.import_module(namespace)
+    boring = importlib.import_module(f"{namespace}.demos.boring_classes")
+    base = importlib.import_module(f"{namespace}.callbacks").EarlyStopping
+    for name, kind in EARLY_STOPPING_PRIVATE.items():
+        attribute = inspect.getattr_static(base, name)
+        if kind == "method":
+            assert callable(getattr(base, name)), name
+        elif kind == "property":
+            assert isinstance(attribute, property), name
+        else:
+            assert isinstance(attribute, dict), name
+    assert set(base.mode_dict) == {"min", "max"} and base.order_dict == {"min": "<", "max": ">"}
+    assert base(monitor="m")._legacy_state_key is base  # the key of states written before state_key
+    assert base(monitor="m").monitor_op is torch.lt  # the kit compares with it (min_delta, baseline)
+    checks: list[tuple[bool, int]] = []
+
+    class Probe(base):  # type: ignore[misc, valid-type]
+        def _run_early_stopping_check(self, trainer: Any) -> None:
+            checks.append((self._check_on_train_epoch_end, trainer.current_epoch))
+
+    for on_train_epoch_end in (True, False):
+        checks.clear()
+        trainer = pl.Trainer(
+            max_epochs=2,
+            limit_train_batches=2,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[Probe(monitor="valid_loss", check_on_train_epoch_end=on_train_epoch_end)],
+            default_root_dir=str(tmp_path),
+        )
+
+        class Model(boring.BoringModel):  # type: ignore[misc, valid-type]
+            def validation_step(self, batch: Any, batch_idx: int) -> Any:
+                out = super().validation_step(batch, batch_idx)
+                self.log("valid_loss", out["x"])
+                return out
+
+        trainer.fit(Model())
+        # one check per epoch, from the hook that _check_on_train_epoch_end selects
+        assert checks == [(on_train_epoch_end, 0), (on_train_epoch_end, 1)]

@@ -29,11 +29,10 @@ import torch
 from conftest import SyntheticDataModule, TinyMLP, max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from test_early_stopping import Scripted, assert_restored, fit
 
 import lightning_regkit.callbacks.early_stopping as es_module
-from lightning_regkit.callbacks.early_stopping import EarlyStopping, RegkitStoppingReason
+from lightning_regkit.callbacks.early_stopping import EarlyStopping, EarlyStoppingReason, RegkitStoppingReason
 
 OWNER = r"EarlyStopping\(monitor='val_loss'\): "
 

@@ -21,12 +21,12 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import EarlyStopping as _LightningEarlyStopping
-from lightning.pytorch.callbacks.early_stopping import EarlyStoppingReason
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from lightning_regkit._compat import EarlyStoppingReason
 from lightning_regkit.criteria import GL, PQ, UP, StoppingCriterion
 
 __all__ = ["CRITERIA", "EarlyStopping", "EarlyStoppingReason", "RegkitStoppingReason"]
@@ -160,7 +160,8 @@ class EarlyStopping(_LightningEarlyStopping):
       ``divergence_threshold`` and ``check_finite`` still apply before them.
 
     Stopping reasons: ``stopping_reason`` is Lightning's :class:`EarlyStoppingReason` for
-    Lightning's reasons and :class:`RegkitStoppingReason` for GL, PQ and UP;
+    Lightning's reasons (on Lightning < 2.6, which has none, the kit's copy in
+    ``lightning_regkit._compat``: same names and values) and :class:`RegkitStoppingReason` for GL, PQ and UP;
     ``stopping_reason_message`` starts with Lightning's message (for Lightning's reasons) and
     adds the stop epoch and the best value and its epoch. The message of a stop is always
     logged (INFO, Lightning's early-stopping logger); improvements only with ``verbose``.
