@@ -7,6 +7,11 @@ through ``map=`` (a ``concurrent.futures`` executor, a ``multiprocessing`` pool,
 each metric: mean, sample standard deviation (``ddof=1``), min, max and a Student-t confidence
 interval for the mean, over the seeds that succeeded with finite values.
 
+Sources of randomness: with ``vary=`` (a source, a tuple of sources or ``"all"``) the sweep varies
+only those sources and holds the others fixed: ``train_fn`` receives a
+:class:`~lightning_regkit.sources.SourceSeeds` (the keyword arguments of ``SeedEverything``), see
+:func:`seed_sweep`.
+
 Nothing that finished is lost. With ``results=`` each seed's record is appended to a JSON-lines or
 CSV file (flushed and fsynced) the moment it arrives, and a later call with the same file runs only
 the seeds missing from it. A seed whose ``train_fn`` raises, calls ``sys.exit`` or returns a
@@ -26,6 +31,7 @@ import builtins
 import concurrent.futures
 import contextlib
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -46,6 +52,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lightning_regkit.sources import SEED_KEYS, SourceSeeds, parse_vary
 
 __all__ = ["MetricSummary", "SeedResult", "SweepResult", "seed_sweep", "student_t_ppf"]
 
@@ -145,6 +153,8 @@ class SeedResult:
     A failed seed has an ``error``: what ``train_fn`` raised (or ``SystemExit: <code>``), the
     non-finite metric it returned (its ``metrics`` are kept), or, starting with ``"not finished: "``,
     why it never returned (its worker died; such a seed is not saved, so a resume runs it).
+    In a sweep that varies sources (``seed_sweep(vary=...)``), ``sources`` holds the run's seeds
+    by source (``{"seed", "init", "data", "train"}``).
 
     Example:
         >>> SeedResult(seed=1, metrics={"acc": 0.9}).ok
@@ -157,6 +167,7 @@ class SeedResult:
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
+    sources: dict[str, int] | None = None
 
     @property
     def ok(self) -> bool:
@@ -219,7 +230,7 @@ class MetricSummary:
                 raise ValueError(f"MetricSummary: values of {name!r} must be finite, got {v!r} at index {i}")
         if isinstance(confidence, bool) or not isinstance(confidence, numbers.Real) or not 0 < confidence < 1:
             raise ValueError(f"MetricSummary: confidence must be in (0, 1), got {confidence!r}")
-        mean = math.fsum(values) / n
+        mean = float(values[0]) if min(values) == max(values) else math.fsum(values) / n  # equal: exact
         if n > 1:
             std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
             half = student_t_ppf(0.5 + confidence / 2.0, n - 1) * std / math.sqrt(n)
@@ -237,7 +248,8 @@ class SweepResult:
 
     ``str(result)`` is a table; :meth:`to_csv` writes the same rows. Failed seeds keep their
     error (``result.failures``); statistics use only the seeds that succeeded, so they do not
-    depend on the order of the seeds.
+    depend on the order of the seeds. ``vary`` and ``fixed`` are the sweep's (``None`` for a
+    sweep that passed plain seeds).
 
     Example:
         >>> ok = [SeedResult(0, {"acc": 0.5}), SeedResult(1, {"acc": 0.7})]
@@ -248,6 +260,8 @@ class SweepResult:
 
     results: list[SeedResult]
     confidence: float = 0.95
+    vary: tuple[str, ...] | None = None
+    fixed: int | None = None
 
     @property
     def seeds(self) -> list[int]:
@@ -398,6 +412,27 @@ def _run_one(train_fn: Callable[[int], Mapping[str, Any]], seed: int) -> SeedRes
 
 
 @dataclass(frozen=True)
+class _VaryCall:
+    """``train_fn`` of a sweep that varies sources: called with a seed, calls ``train_fn(SourceSeeds)``.
+
+    Module level and plain data, so a process pool pickles it (with ``train_fn``).
+    """
+
+    train_fn: Callable[[SourceSeeds], Mapping[str, Any]]
+    vary: tuple[str, ...]
+    fixed: int
+
+    def seeds(self, seed: int) -> SourceSeeds:
+        return SourceSeeds.for_sweep(seed, self.vary, self.fixed)
+
+    def __call__(self, seed: int) -> Mapping[str, Any]:
+        return self.train_fn(self.seeds(seed))
+
+    def __repr__(self) -> str:
+        return f"{self.train_fn!r} (vary={self.vary!r})"
+
+
+@dataclass(frozen=True)
 class _Interrupted:
     """A worker's seed was interrupted (Ctrl-C): sent back as a value, so that no pool loses the task."""
 
@@ -531,6 +566,16 @@ class _ResultsFile:
             if (problem := _seed_problem(obj["seed"])) is not None:
                 raise self._fail(i, problem)
             metrics, error, tb = obj.get("metrics", {}), obj.get("error"), obj.get("traceback")
+            sources = obj.get("sources")
+            if sources is not None and (
+                not isinstance(sources, dict)
+                or set(sources) != set(SEED_KEYS)
+                or any(_seed_problem(v) is not None for v in sources.values())
+            ):
+                raise self._fail(
+                    i,
+                    f"'sources' must be null or an object of {list(SEED_KEYS)} seeds, got {sources!r}",
+                )
             if not isinstance(metrics, dict):
                 raise self._fail(i, f"'metrics' must be an object, got {metrics!r}")
             values = {}
@@ -545,7 +590,7 @@ class _ResultsFile:
             for key, value in (("error", error), ("traceback", tb)):
                 if value is not None and not isinstance(value, str):
                     raise self._fail(i, f"{key!r} must be a string or null, got {value!r}")
-            yield i, self._valid(i, SeedResult(obj["seed"], values, error, tb))
+            yield i, self._valid(i, SeedResult(obj["seed"], values, error, tb, sources))
 
     def _parse_csv(self, text: str) -> Iterable[tuple[int, SeedResult]]:
         reader = csv.reader(io.StringIO(text, newline=""), strict=True)
@@ -660,7 +705,10 @@ class _ResultsFile:
     @staticmethod
     def _json(record: SeedResult) -> dict[str, Any]:
         metrics = {k: v if math.isfinite(v) else repr(v) for k, v in record.metrics.items()}
-        return {"seed": record.seed, "metrics": metrics, "error": record.error, "traceback": record.traceback}
+        out = {"seed": record.seed, "metrics": metrics, "error": record.error, "traceback": record.traceback}
+        if record.sources is not None:  # a sweep that varies sources: the run's seeds by source
+            out["sources"] = record.sources
+        return out
 
     def _csv_row(self, record: SeedResult) -> list[str]:
         cells = [repr(record.metrics[n]) if n in record.metrics else "" for n in self._columns or []]
@@ -693,9 +741,15 @@ class _ResultsFile:
 class _Collector:
     """Receives the records as they arrive: appends each to the results file, keeps it."""
 
-    def __init__(self, todo: list[int], file: _ResultsFile | None) -> None:
+    def __init__(
+        self,
+        todo: list[int],
+        file: _ResultsFile | None,
+        sources_of: Callable[[int], dict[str, int]] | None = None,
+    ) -> None:
         self.todo = todo
         self.file = file
+        self.sources_of = sources_of  # a sweep that varies sources: each record carries its seeds
         self.done: dict[int, SeedResult] = {}
         self.lost: dict[int, SeedResult] = {}
 
@@ -715,6 +769,8 @@ class _Collector:
             raise TypeError(
                 f"seed_sweep: map must return one result per seed (like the builtin map), got {out!r}"
             )
+        if self.sources_of is not None:
+            out = dataclasses.replace(out, sources=self.sources_of(out.seed))
         if self.file is not None:
             self.file.append(out)
         self.done[out.seed] = out
@@ -723,7 +779,8 @@ class _Collector:
     def lose(self, seed: int, reason: str) -> None:
         """Report ``seed`` as not finished (not saved: a resume runs it)."""
         if seed not in self.done:
-            self.lost[seed] = SeedResult(seed, error=f"not finished: {reason}")
+            sources = None if self.sources_of is None else self.sources_of(seed)
+            self.lost[seed] = SeedResult(seed, error=f"not finished: {reason}", sources=sources)
 
     def receive_quietly(self, out: object) -> None:
         """On the way out of an interrupted sweep: keep a finished record if possible, never raise."""
@@ -908,13 +965,15 @@ def _scheduler(map: Any) -> tuple[str, Any]:
 
 # ----------------------------------------------------------------------------- sweep
 def seed_sweep(
-    train_fn: Callable[[int], Mapping[str, Any]],
+    train_fn: Callable[..., Mapping[str, Any]],
     seeds: Iterable[int],
     map: Callable[..., Iterable[Any]] | concurrent.futures.Executor | multiprocessing.pool.Pool | None = None,
     confidence: float = 0.95,
     *,
     results: str | os.PathLike[str] | None = None,
     retry_failed: bool = False,
+    vary: str | Iterable[str] | None = None,
+    fixed: int = 0,
 ) -> SweepResult:
     """Run ``train_fn(seed)`` for each seed and summarise the metrics it returns.
 
@@ -939,6 +998,18 @@ def seed_sweep(
             with a ``ValueError`` (the file was written for other settings).
         retry_failed: With ``results``, run again the seeds whose saved record is a failure (the
             new record is appended and wins).
+        vary: Vary only these sources of randomness and hold the others fixed: ``"init"``,
+            ``"data"``, ``"train"``, a tuple of them, or ``"all"``. Then ``train_fn`` is called
+            with a :class:`~lightning_regkit.sources.SourceSeeds` instead of an int: a mapping
+            ``seed``, ``init``, ``data``, ``train`` -> int, the keyword arguments of
+            ``SeedEverything`` (``SeedEverything(**seeds)``), with ``seeds.sweep_seed`` the sweep's
+            seed. For the sweep's seed ``s`` a varied source gets ``source_seed(s, source)`` and a
+            fixed one ``source_seed(fixed, source)``, the same in every run; ``seed`` is ``s`` when
+            every source varies (then the run is ``SeedEverything(s)`` with separate sources) and
+            ``fixed`` otherwise. ``None`` (the default): ``train_fn(seed)`` as without sources.
+            Each record of a JSON-lines results file then holds the run's ``sources``, and a
+            resume refuses records of other sources.
+        fixed: The seed the fixed sources derive from (only with ``vary``).
 
     Returns:
         A :class:`SweepResult`, in the order of ``seeds``: per-seed metrics or errors,
@@ -1001,12 +1072,29 @@ def seed_sweep(
         raise TypeError(
             f"seed_sweep: retry_failed must be a bool, got {type(retry_failed).__name__} {retry_failed!r}"
         )
+    if isinstance(fixed, bool) or not isinstance(fixed, numbers.Integral):
+        raise TypeError(f"seed_sweep: fixed must be an int in [0, 2**32 - 1], got {fixed!r}")
+    if not 0 <= fixed <= _MAX_SEED:
+        raise ValueError(f"seed_sweep: fixed must be in [0, 2**32 - 1], got {fixed}")
+    varied = None if vary is None else parse_vary(vary)
+    if varied is None and fixed != 0:
+        raise ValueError(f"seed_sweep: fixed={fixed} applies only to a sweep that varies sources (vary=...)")
+    fn: Callable[[int], Mapping[str, Any]] = (
+        train_fn if varied is None else _VaryCall(train_fn, varied, int(fixed))
+    )
+
+    def sources_of(seed: int) -> dict[str, int]:
+        assert varied is not None
+        return SourceSeeds.for_sweep(seed, varied, int(fixed)).as_dict()
+
     file = _ResultsFile(_results_path(results)) if results is not None else None
 
     seed_list = [int(s) for s in seed_list]
     saved = file.records if file is not None else {}
     kept = {s: saved[s] for s in seed_list if s in saved and (saved[s].ok or not retry_failed)}
-    col = _Collector([s for s in seed_list if s not in kept], file)
+    if file is not None:
+        kept = {s: _check_sources(file, record, varied, sources_of) for s, record in kept.items()}
+    col = _Collector([s for s in seed_list if s not in kept], file, None if varied is None else sources_of)
     if file is not None:
         _log.info(
             "seed_sweep: %d of %d seeds read from %s; running %d",
@@ -1017,15 +1105,36 @@ def seed_sweep(
         )
     if col.todo:
         if kind == "executor":
-            _run_executor(runner, train_fn, col)
+            _run_executor(runner, fn, col)
         elif kind == "pool":
-            _run_pool(runner, train_fn, col)
+            _run_pool(runner, fn, col)
         else:
-            _run_map(runner, train_fn, col, in_process=kind == "sequential")
+            _run_map(runner, fn, col, in_process=kind == "sequential")
     for seed in col.pending():  # every scheduler accounts for every seed; never report a seed silently
         col.lose(seed, "no result came back")
     out = [kept[s] if s in kept else col.done[s] if s in col.done else col.lost[s] for s in seed_list]
-    return SweepResult(out, float(confidence))
+    return SweepResult(out, float(confidence), varied, None if varied is None else int(fixed))
+
+
+def _check_sources(
+    file: _ResultsFile,
+    record: SeedResult,
+    varied: tuple[str, ...] | None,
+    sources_of: Callable[[int], dict[str, int]],
+) -> SeedResult:
+    """A saved record, checked against this sweep's sources (JSON lines; CSV holds none) and completed."""
+    expected = None if varied is None else sources_of(record.seed)
+    if file.csv:
+        return record if expected is None else dataclasses.replace(record, sources=expected)
+    if record.sources != expected:
+        this = "passes plain seeds" if varied is None else f"gives it {expected} (vary={varied!r})"
+        was = "as a plain seed" if record.sources is None else f"with sources {record.sources}"
+        raise ValueError(
+            f"seed_sweep: results file {file.path}: seed {record.seed} was run {was}, but this sweep {this}:"
+            " the file was written for other settings; give another results path, or delete the file to"
+            " start again"
+        )
+    return record
 
 
 def _results_path(results: Any) -> Path:

@@ -27,6 +27,7 @@ import pytest
 import scipy.stats
 import torch
 
+from lightning_regkit.sources import SOURCES, SourceSeeds, source_seed
 from lightning_regkit.sweep import MetricSummary, SeedResult, SweepResult, seed_sweep, student_t_ppf
 
 # scipy >= 1.13 computes t.ppf with Boost (agrees with ours to ~1e-12); older scipy (cdflib, e.g. 1.10,
@@ -660,3 +661,107 @@ def test_lambda_train_fn_in_a_process_pool_is_refused_up_front() -> None:
         pytest.raises(TypeError, match=r"seed_sweep: train_fn must be picklable"),
     ):
         seed_sweep(lambda seed: {"acc": 1.0}, seeds=[0, 1], map=ex)
+
+
+# ----------------------------------------------------------------------------- vary= (issue 16)
+def seeds_as_metrics(seeds: SourceSeeds) -> dict[str, float]:
+    """Module level (process pools): the run's seeds by source, returned as metrics."""
+    assert isinstance(seeds, SourceSeeds)
+    return {"seed": seeds.seed, "init": seeds.init, "data": seeds.data, "train": seeds.train}
+
+
+def failing_on_data(seeds: SourceSeeds) -> dict[str, float]:
+    if seeds.sweep_seed == 2:
+        raise RuntimeError("boom")
+    return {"acc": (seeds.data % 100) / 100}
+
+
+@pytest.mark.parametrize("kind", ["sequential", "executor", "pool", "generic"])
+@pytest.mark.parametrize(
+    ("vary", "varied"), [("data", ("data",)), (("train", "init"), ("init", "train")), ("all", SOURCES)]
+)
+def test_vary_hands_train_fn_the_seeds_of_each_source(kind: str, vary: Any, varied: tuple[str, ...]) -> None:
+    with parallel(kind) as mapper:
+        result = seed_sweep(seeds_as_metrics, [5, 6, 7], map=mapper, vary=vary, fixed=3)
+    assert (result.vary, result.fixed) == (varied, 3)
+    for r in result.results:
+        expected = {s: source_seed(r.seed if s in varied else 3, s) for s in SOURCES}
+        expected["seed"] = r.seed if varied == SOURCES else 3
+        assert r.metrics == {k: float(v) for k, v in expected.items()}
+        assert r.sources == expected
+    held = [s for s in SOURCES if s not in varied]
+    assert all(result.summary[s].std == 0.0 for s in held)  # held sources: one value
+    assert all(len({r.metrics[s] for r in result.results}) == 3 for s in varied)
+
+
+def test_plain_sweep_is_unchanged() -> None:
+    result = seed_sweep(known_metrics, [0, 1])
+    assert (result.vary, result.fixed) == (None, None)
+    assert all(r.sources is None for r in result.results)
+
+
+def test_vary_records_sources_in_the_results_file_and_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    first = seed_sweep(failing_on_data, [1, 2], results=path, vary="data")
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [line["sources"] for line in lines] == [SourceSeeds.for_sweep(s, "data").as_dict() for s in (1, 2)]
+    assert lines[1]["error"] == "RuntimeError: boom" and first.failures[0].sources == lines[1]["sources"]
+    resumed = seed_sweep(failing_on_data, [1, 2, 3], results=path, vary="data")
+    assert [r.sources for r in resumed.results] == [
+        SourceSeeds.for_sweep(s, "data").as_dict() for s in (1, 2, 3)
+    ]
+    assert len(path.read_text().splitlines()) == 3  # only seed 3 ran
+    # the same file for other sources, another fixed seed or a plain sweep: refused before anything runs
+    for kwargs in ({"vary": "init"}, {"vary": "data", "fixed": 1}, {}):
+        with pytest.raises(ValueError, match=r"seed 1 was run with sources \{'seed': 0, "):
+            seed_sweep(failing_on_data if kwargs else known_metrics, [1], results=path, **kwargs)
+    plain = tmp_path / "plain.jsonl"
+    seed_sweep(known_metrics, [1], results=plain)
+    with pytest.raises(ValueError, match=r"seed 1 was run as a plain seed, but this sweep gives it"):
+        seed_sweep(failing_on_data, [1], results=plain, vary="data")
+    assert len(path.read_text().splitlines()) == 3
+
+
+def test_vary_with_a_csv_results_file(tmp_path: Path) -> None:
+    path = tmp_path / "data.csv"
+    seed_sweep(failing_on_data, [1, 3], results=path, vary="data")
+    assert path.read_text().splitlines()[0] == "seed,acc,error"  # the CSV format holds no sources
+    resumed = seed_sweep(failing_on_data, [1, 3], results=path, vary="data")
+    assert [r.sources for r in resumed.results] == [
+        SourceSeeds.for_sweep(s, "data").as_dict() for s in (1, 3)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (
+            {"vary": "weights"},
+            ValueError,
+            r"seed_sweep: vary must be one of \['init', 'data', 'train'\], 'all'",
+        ),
+        ({"vary": ()}, ValueError, "seed_sweep: vary must be one of"),
+        (
+            {"vary": "data", "fixed": -1},
+            ValueError,
+            r"seed_sweep: fixed must be in \[0, 2\*\*32 - 1\], got -1",
+        ),
+        ({"vary": "data", "fixed": 1.5}, TypeError, "seed_sweep: fixed must be an int"),
+        ({"fixed": 3}, ValueError, r"seed_sweep: fixed=3 applies only to a sweep that varies sources"),
+    ],
+)
+def test_bad_vary_arguments(kwargs: dict[str, Any], error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        seed_sweep(seeds_as_metrics, [1], **kwargs)
+
+
+def test_vary_train_fn_must_be_picklable_for_a_process_pool() -> None:
+    with parallel("executor") as ex, pytest.raises(TypeError, match="train_fn must be picklable"):
+        seed_sweep(lambda seeds: {"a": 1.0}, [1], map=ex, vary="data")
+
+
+@pytest.mark.parametrize(("value", "n"), [(0.9354, 5), (0.1, 3), (0.7, 3)])
+def test_equal_values_have_exactly_zero_spread(value: float, n: int) -> None:
+    """A held source gives one value per seed: its std is 0, not the ~1e-16 of a rounded mean."""
+    s = MetricSummary.of("acc", [value] * n)
+    assert (s.mean, s.std, s.ci_low, s.ci_high) == (value, 0.0, value, value)

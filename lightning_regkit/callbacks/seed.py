@@ -7,6 +7,15 @@ draws its initial weights before any callback runs; seed that too with
 :meth:`SeedEverything.seed_now` (or, with LightningCLI, the ``seed_everything:`` key, which
 seeds before the model is instantiated).
 
+Sources of randomness (``init``, ``data``, ``train``; see :mod:`lightning_regkit.sources`): with
+none of them given, one stream seeded with ``seed`` serves them all, as in earlier releases
+(bit-identical). Given any of them, each source draws from its own stream: ``init`` from the global
+generators seeded by :meth:`SeedEverything.seed_now` and again in ``setup`` (so ``configure_model``
+draws from it too); ``train`` from the global generators seeded again in ``on_fit_start`` (dropout,
+anything drawn in the steps); ``data`` from a ``torch.Generator`` given to the train dataloader and
+its sampler in ``on_train_start`` (shuffle order, worker seeds, so what the workers draw); the
+train iterator Lightning built before that hook is built again from it.
+
 Exact resume: every checkpoint holds the RNG states (Python, NumPy, torch CPU, CUDA) of every
 rank, taken when the checkpoint is written, and where in the epoch it was written. On resume the
 states are validated when the checkpoint is loaded and put back in ``on_train_start``, after
@@ -38,6 +47,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.utils.data import DistributedSampler, SequentialSampler
 from typing_extensions import override
 
 from lightning_regkit import _compat
@@ -49,6 +59,7 @@ from lightning_regkit.rng import (
     check_rng_state,
     restore_rng_state,
 )
+from lightning_regkit.sources import SOURCES, source_seed
 
 __all__ = ["SeedEverything"]
 
@@ -56,7 +67,20 @@ MAX_SEED = 2**32 - 1
 _Deterministic = bool | Literal["warn"] | None
 _OWNER = "SeedEverything"
 #: Fields a SeedEverything state may hold.
-_STATE_KEYS = ("seed", "seed_per_rank", "rank_seeds", "rng", "loader_generators", "epoch_end", "position")
+_STATE_KEYS = (
+    "seed",
+    "seed_per_rank",
+    "rank_seeds",
+    "seed_init",
+    "seed_data",
+    "seed_train",
+    "rng",
+    "loader_generators",
+    "epoch_end",
+    "position",
+)
+#: The per-source seed fields (added later: present, all three, only for runs with separate sources).
+_SOURCE_KEYS = tuple(f"seed_{s}" for s in SOURCES)
 #: Where in the fit loop a checkpoint was written (field ``position``, added later: older checkpoints
 #: hold only ``epoch_end``, read as "train_epoch_end" when True and "mid_epoch" when False).
 POSITIONS = ("train_epoch_end", "validation_end", "last_batch", "mid_epoch")
@@ -140,6 +164,16 @@ def check_seed_state(state: Any) -> None:
             )
     elif state["seed_per_rank"] and seed is not None:
         raise ValueError(f"{_OWNER}: checkpoint field 'rank_seeds' is missing (seed_per_rank is True)")
+    present = [key for key in _SOURCE_KEYS if key in state]
+    if present and len(present) != len(_SOURCE_KEYS):
+        missing = [key for key in _SOURCE_KEYS if key not in state]
+        raise ValueError(
+            f"{_OWNER}: checkpoint field(s) {missing} missing: the per-source seeds {list(_SOURCE_KEYS)}"
+            f" come together (present: {present})"
+        )
+    for key in present:
+        if not _is_seed(state[key]):
+            raise _field_error(key, f"an int in [0, {MAX_SEED}]", state[key])
     if "rng" not in state:
         for key in ("loader_generators", "epoch_end", "position"):
             if key in state:
@@ -240,6 +274,15 @@ class SeedEverything(Callback):
     reused with another Trainer starts from its arguments again: nothing of a previous fit carries
     over except through ``ckpt_path``.
 
+    Sources of randomness: give any of ``init``, ``data``, ``train`` and each source draws from a
+    stream of its own, so that changing one source's seed changes only that source's draws (the
+    initial weights; the batch order and the workers' draws; the dropout masks). A source not given
+    derives its seed from ``seed`` (:func:`~lightning_regkit.sources.source_seed`). With none given,
+    one stream serves all sources, exactly as in earlier releases. The per-source seeds are recorded
+    next to the seed (``seed_init``, ``seed_data``, ``seed_train``) in the loggers' hyperparameters
+    and in checkpoints; a resumed run continues with the checkpoint's. See
+    ``docs/variance_by_source.md``.
+
     Args:
         seed: The seed, in ``[0, 2**32 - 1]``. ``None`` draws a fresh one from the operating
             system (rank 0's draw is broadcast to all ranks), logs it and records it.
@@ -252,10 +295,21 @@ class SeedEverything(Callback):
             ``Trainer(deterministic=...)`` torch flags at setup; ``None`` leaves the Trainer's
             choice. Giving a value that contradicts the Trainer's own ``deterministic`` is an error.
         restore_rng: Save RNG states in checkpoints and restore them on resume.
+        init: Seed of the initial weights: the global generators are seeded with it by
+            :meth:`seed_now` (call it before building the model) and in ``setup`` (a model built
+            in ``configure_model``). ``None``: derived from ``seed`` (if another source is given).
+        data: Seed of the training data's randomness: a ``torch.Generator`` seeded with it becomes
+            the ``generator`` of the train dataloader and of its sampler (shuffle order, workers'
+            base seed, hence what workers draw); under DDP it is also the distributed sampler's seed.
+        train: Seed of what training draws from the global generators (dropout masks, noise in
+            ``training_step``, augmentation drawn in the main process when ``num_workers=0``):
+            they are seeded with it in ``on_fit_start`` (at the start of ``validate``, ``test``,
+            ``predict`` for those stages). With ``per_rank=True`` rank ``r`` adds ``r`` to each
+            source's seed.
 
     Raises:
-        TypeError: If ``seed`` is not an int or None, or a flag is not a bool.
-        ValueError: If ``seed`` is outside ``[0, 2**32 - 1]`` or ``deterministic`` is not one of
+        TypeError: If a seed is not an int or None, or a flag is not a bool.
+        ValueError: If a seed is outside ``[0, 2**32 - 1]`` or ``deterministic`` is not one of
             ``True``, ``False``, ``"warn"``, ``None``.
 
     Example:
@@ -269,6 +323,12 @@ class SeedEverything(Callback):
         Traceback (most recent call last):
         ...
         ValueError: SeedEverything: seed must be in [0, 2**32 - 1] = [0, 4294967295], got 4294967296
+
+        One source varied, the others held (here the data order changes, the initial weights and
+        the dropout masks do not):
+
+        >>> SeedEverything(seed=42, data=7).seed_record()["seed_data"]
+        7
     """
 
     def __init__(
@@ -278,9 +338,15 @@ class SeedEverything(Callback):
         per_rank: bool = False,
         deterministic: bool | Literal["warn"] | None = None,
         restore_rng: bool = True,
+        *,
+        init: int | None = None,
+        data: int | None = None,
+        train: int | None = None,
     ) -> None:
         super().__init__()
         _check_seed(_OWNER, "seed", seed, allow_none=True)
+        for name, value in (("init", init), ("data", data), ("train", train)):
+            _check_seed(_OWNER, name, value, allow_none=True)
         for name, flag in (("workers", workers), ("per_rank", per_rank), ("restore_rng", restore_rng)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{_OWNER}: {name} must be a bool, got {flag!r} ({type(flag).__name__})")
@@ -293,8 +359,16 @@ class SeedEverything(Callback):
         self.per_rank = per_rank
         self.deterministic = deterministic
         self.restore_rng = restore_rng
+        self.requested_sources: dict[str, int | None] = {
+            "init": None if init is None else int(init),
+            "data": None if data is None else int(data),
+            "train": None if train is None else int(train),
+        }
         # progress / record (not configuration)
         self.seed: int | None = self.requested_seed
+        #: The seed of each source for this run; None when one stream serves all sources.
+        self.sources: dict[str, int] | None = self._resolve_sources(self.seed)
+        self._data_generator: torch.Generator | None = None  # the data source's stream, per fit
         self.rank_seed: int | None = None
         self.world_size = 1
         self._next_seed: int | None = None  # fixed by seed_now() for the next stage's setup
@@ -313,7 +387,9 @@ class SeedEverything(Callback):
             rank: The process's global rank; used only when ``per_rank=True`` (seed ``seed + rank``).
 
         Returns:
-            The seed given to :func:`lightning.pytorch.seed_everything`.
+            The seed given to :func:`lightning.pytorch.seed_everything`: the ``init`` source's
+            seed when sources are separate (see the class), else ``seed`` (plus ``rank`` with
+            ``per_rank=True``).
 
         Example:
             >>> import torch
@@ -325,18 +401,30 @@ class SeedEverything(Callback):
         if self._next_seed is None:
             self._next_seed = self._configured_seed()
         self.seed = self._next_seed
-        return self._seed_process(rank)
+        self.sources = self._resolve_sources(self.seed)
+        return self._seed_process(rank, "init")
 
     def _configured_seed(self) -> int:
         return self.requested_seed if self.requested_seed is not None else secrets.randbelow(MAX_SEED + 1)
 
-    def _seed_process(self, rank: int) -> int:
+    def _resolve_sources(self, seed: int | None) -> dict[str, int] | None:
+        """Each source's seed (given, or derived from ``seed``); None when no source was given."""
+        if seed is None or all(v is None for v in self.requested_sources.values()):
+            return None
+        given = self.requested_sources
+        return {s: v if (v := given[s]) is not None else source_seed(seed, s) for s in SOURCES}
+
+    def _seed_process(self, rank: int, source: str) -> int:
+        """Seed the global generators for ``source`` (``seed`` itself when one stream serves all)."""
         assert self.seed is not None
-        rank_seed = self.seed + rank if self.per_rank else self.seed
-        _check_seed(_OWNER, "seed + rank (per_rank=True)", rank_seed, allow_none=False)
+        base = self.seed if self.sources is None else self.sources[source]
+        rank_seed = base + rank if self.per_rank else base
+        what = "seed" if self.sources is None else source
+        _check_seed(_OWNER, f"{what} + rank (per_rank=True)", rank_seed, allow_none=False)
         pl.seed_everything(rank_seed, workers=self.workers, verbose=False)
-        # the distributed sampler reads PL_GLOBAL_SEED: keep it equal on all ranks so shards partition
-        os.environ["PL_GLOBAL_SEED"] = str(self.seed)
+        # the distributed sampler reads PL_GLOBAL_SEED: keep it equal on all ranks so shards partition;
+        # with separate sources the shard order is the data source's
+        os.environ["PL_GLOBAL_SEED"] = str(self.seed if self.sources is None else self.sources["data"])
         self.rank_seed = rank_seed
         return rank_seed
 
@@ -345,17 +433,22 @@ class SeedEverything(Callback):
 
         Returns:
             ``{"seed": int, "seed_per_rank": bool}`` plus ``"rank_seeds"`` (one per rank) with
-            ``per_rank=True``.
+            ``per_rank=True``, plus ``"seed_init"``, ``"seed_data"``, ``"seed_train"`` when the
+            sources are separate.
 
         Example:
             >>> cb = SeedEverything(3, per_rank=True)
             >>> _ = cb.seed_now()
             >>> cb.seed_record()
             {'seed': 3, 'seed_per_rank': True, 'rank_seeds': [3]}
+            >>> SeedEverything(3, init=1, data=2, train=5).seed_record()
+            {'seed': 3, 'seed_per_rank': False, 'seed_init': 1, 'seed_data': 2, 'seed_train': 5}
         """
         record: dict[str, Any] = {"seed": self.seed, "seed_per_rank": self.per_rank}
         if self.per_rank and self.seed is not None:
             record["rank_seeds"] = [self.seed + r for r in range(self.world_size)]
+        if self.sources is not None:
+            record.update({f"seed_{s}": self.sources[s] for s in SOURCES})
         return record
 
     # ------------------------------------------------------------------ hooks
@@ -367,24 +460,30 @@ class SeedEverything(Callback):
         self._apply_determinism(trainer)
         self.world_size = trainer.world_size
         same_trainer = self._seed_trainer is not None and self._seed_trainer() is trainer
+        # another stage of the same Trainer keeps the seed and sources (adopted from a checkpoint, maybe)
+        keep = self._next_seed is None and same_trainer and self.seed is not None
         if self._next_seed is not None:  # seed_now() was called for this stage
             seed = self._next_seed
-        elif same_trainer and self.seed is not None:  # another stage of the same Trainer: same seed
+        elif keep and self.seed is not None:  # another stage of the same Trainer: same seed
             seed = self.seed
         else:  # a new Trainer: from the arguments again, nothing of a previous fit carries over
             seed = self._configured_seed()
         self._next_seed = None
+        self._data_generator = None
         # rank 0's seed wins: a seed drawn per process (seed=None) must agree across ranks
         self.seed = int(trainer.strategy.broadcast(seed, src=0))
+        self.sources = self.sources if keep else self._resolve_sources(self.seed)
         self._seed_trainer = weakref.ref(trainer)
         if self.per_rank:
-            _check_seed(
-                _OWNER,
-                "seed + world_size - 1 (per_rank=True)",
-                self.seed + self.world_size - 1,
-                allow_none=False,
-            )
-        self._seed_process(trainer.global_rank)
+            bases = {"seed": self.seed} if self.sources is None else self.sources
+            for name, base in bases.items():
+                _check_seed(
+                    _OWNER,
+                    f"{name} + world_size - 1 (per_rank=True)",
+                    base + self.world_size - 1,
+                    allow_none=False,
+                )
+        self._seed_process(trainer.global_rank, "init")
         if self.requested_seed is None and not same_trainer:
             rank_zero_info(f"{_OWNER}: drew seed {self.seed} (pass seed={self.seed} to repeat this run)")
         for logger in trainer.loggers:
@@ -445,9 +544,88 @@ class SeedEverything(Callback):
                 " pass deterministic=True (or Trainer(deterministic=True)) for bit-identical runs"
             )
 
+    # ------------------------------------------------------------------ separate sources
+    @override
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.sources is not None:  # the train source: what training draws from the global generators
+            self._seed_process(trainer.global_rank, "train")
+
+    def _seed_train_outside_fit(self, trainer: pl.Trainer) -> None:
+        if self.sources is not None and trainer.state.fn != "fit":
+            self._seed_process(trainer.global_rank, "train")
+
+    @override
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seed_train_outside_fit(trainer)
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seed_train_outside_fit(trainer)
+
+    @override
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seed_train_outside_fit(trainer)
+
+    def _attach_data_generator(self, trainer: pl.Trainer) -> None:
+        """Make the data source's generator the train dataloaders' and their samplers' ``generator``."""
+        gen = self._data_generator
+        if gen is None:
+            assert self.sources is not None and self.seed is not None
+            data_seed = self.sources["data"] + (trainer.global_rank if self.per_rank else 0)
+            gen = self._data_generator = torch.Generator().manual_seed(data_seed)
+        for dl in _train_loaders(trainer):
+            sampler = getattr(dl, "sampler", None)
+            inner = getattr(getattr(dl, "batch_sampler", None), "sampler", None)
+            for owner in (dl, sampler, inner):
+                if owner is None or not hasattr(owner, "generator") or owner.generator is gen:
+                    continue
+                if owner.generator is not None and not isinstance(owner.generator, torch.Generator):
+                    continue
+                try:
+                    owner.generator = gen
+                except (AttributeError, ValueError):  # a read-only generator: leave it be
+                    rank_zero_warn(
+                        f"{_OWNER}: the {type(owner).__name__} of the train dataloader does not accept a"
+                        " generator; its draws do not follow the data seed"
+                    )
+            if not (
+                sampler is None
+                or hasattr(sampler, "generator")
+                or isinstance(sampler, (SequentialSampler, DistributedSampler))
+            ):
+                rank_zero_warn(
+                    f"{_OWNER}: the train dataloader's sampler {type(sampler).__name__} has no `generator`"
+                    " attribute: whatever it draws comes from the global generators (the train source),"
+                    " not from the data seed"
+                )
+            if getattr(dl, "persistent_workers", False) and getattr(dl, "num_workers", 0) > 0:
+                rank_zero_warn(
+                    f"{_OWNER}: persistent_workers=True with separate seed sources: the worker processes"
+                    " were seeded when Lightning first built the train iterator, before the data seed"
+                    " applies, so what the workers draw (augmentation) follows the train source; the"
+                    " shuffle order follows the data seed. Use persistent_workers=False for worker draws"
+                    " that follow the data seed"
+                )
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # dataloaders reloaded for this epoch (reload_dataloaders_every_n_epochs) get the data stream too;
+        # Lightning creates this epoch's iterator after this hook
+        if self._data_generator is not None:
+            self._attach_data_generator(trainer)
+
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         pending, self._pending = self._pending, None
+        if self.sources is not None:
+            # the data source's stream, before any generator state is restored from a checkpoint
+            self._attach_data_generator(trainer)
+            if pending is None and trainer.ckpt_path is None:
+                # a fresh fit: Lightning built the first train iterator before this hook, from the global
+                # generators; build it again from the data stream (the sampler's epoch first)
+                for dl in _train_loaders(trainer):
+                    _compat.set_sampler_epoch(dl, _compat.epochs_processed(trainer))
+                _compat.recreate_train_iterator(trainer)
         if pending is None:
             return
         states = pending["rng"]
@@ -598,6 +776,10 @@ class SeedEverything(Callback):
             >>> cb.load_state_dict({"seed": 5, "seed_per_rank": False})
             >>> cb.seed
             5
+            >>> cb.load_state_dict({"seed": 5, "seed_per_rank": False, "seed_init": 1, "seed_data": 2,
+            ...                     "seed_train": 3})
+            >>> cb.sources
+            {'init': 1, 'data': 2, 'train': 3}
         """
         check_seed_state(state_dict)
         saved_seed = state_dict["seed"]
@@ -608,6 +790,21 @@ class SeedEverything(Callback):
                     f"{self.requested_seed} was passed; the checkpoint's RNG states continue the original run"
                 )
             self.seed = int(saved_seed)
+        # the sources (separate or one stream, and their seeds) are the checkpoint's: the resumed run
+        # continues the recorded one
+        saved_sources = (
+            {s: int(state_dict[f"seed_{s}"]) for s in SOURCES} if _SOURCE_KEYS[0] in state_dict else None
+        )
+        requested = {s: v for s, v in self.requested_sources.items() if v is not None}
+        if requested and (saved_sources is None or any(saved_sources[s] != v for s, v in requested.items())):
+            rank_zero_warn(
+                f"{_OWNER}: resuming a run recorded with "
+                + ("one stream for all sources" if saved_sources is None else f"sources {saved_sources}")
+                + f" while {requested} was passed; the checkpoint's sources and RNG states continue the"
+                " original run"
+            )
+        if saved_seed is not None:
+            self.sources = saved_sources
         if self.restore_rng and "rng" in state_dict:
             self._pending = state_dict
         elif self.restore_rng:
