@@ -37,8 +37,11 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy lightning_regkit
 
+# Tests run on PYTEST_WORKERS processes (pytest-xdist; 2 = this machine's cores; 0 = in this process).
+PYTEST_WORKERS ?= 2
+
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
