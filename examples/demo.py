@@ -10,16 +10,28 @@ Three runs of the same MLP on a small training split of the digits data set (it 
 
 Prints a table (validation and test accuracy, best and stopped epoch, stopping reason,
 training time) and writes ``demo.png`` (loss curves with the best epoch and the stop marked,
-validation accuracy, dropout p over training) into ``--out``. Run it with ``make demo`` (sets
-up .venv first) or ``python examples/demo.py --help``. ``examples/demo_config.yaml`` is the kit
-run as a LightningCLI config.
+validation accuracy, dropout p over training) into ``--out``.
+
+``--variance`` runs instead the variance study: baseline and kit, each seeded with
+``SeedEverything(**seeds)``, in one seed sweep per source of randomness (``init``, ``data``,
+``train``: that source varies, the others are held) and one with every source varying; it prints
+the standard deviation of the test accuracy per source with its chi-square interval and
+``P(kit > baseline)`` with its bootstrap interval (``compare``), and writes ``variance.png``,
+``variance.csv`` and the sweeps' results files (resumed from on a second call) into ``--out``.
+
+Run it with ``make demo`` (sets up .venv first) or ``python examples/demo.py --help``.
+``examples/demo_config.yaml`` is the kit run as a LightningCLI config.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+import textwrap
 import time
+from collections.abc import Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from digits import DigitsClassifier, DigitsDataModule, RegularizedDigitsClassifier, weights_sha256
 
 from lightning_regkit import DropoutScheduler, EarlyStopping, SeedEverything, seed_sweep
+from lightning_regkit.compare import Comparison, compare
 from lightning_regkit.schedules import Curriculum
+from lightning_regkit.sources import SourceSeeds
+from lightning_regkit.variance import VarianceBySource, variance_by_source
 
 # The settings of the comparison (examples/demo_config.yaml holds the same for the kit run).
 HIDDEN = 512
@@ -100,18 +115,38 @@ def _trainer(epochs: int, out: Path, callbacks: list[Callback], progress: bool) 
     )
 
 
-def run(name: str, kit: bool, seed: int, epochs: int, out: Path, progress: bool = True) -> RunResult:
-    """Train one run and evaluate it on the validation and test sets."""
+def run(
+    name: str,
+    kit: bool,
+    seed: int,
+    epochs: int,
+    out: Path,
+    progress: bool = True,
+    sources: Mapping[str, int] | None = None,
+) -> RunResult:
+    """Train one run and evaluate it on the validation and test sets.
+
+    ``sources``: seed both runs with ``SeedEverything(**sources)`` (one seed per source of
+    randomness, as a ``seed_sweep(vary=...)`` hands them out) instead of ``seed``.
+    """
     dm = DigitsDataModule(batch_size=BATCH_SIZE, train_fraction=TRAIN_FRACTION)
     history = History()
     callbacks: list[Callback] = [history]
     early: EarlyStopping | None = None
-    if kit:
+    if sources is not None:  # SeedEverything(**sources), spelled out for type checkers
+        s = sources
+        seeder = SeedEverything(s["seed"], init=s["init"], data=s["data"], train=s["train"])
+    else:
         seeder = SeedEverything(seed)
+    if kit:
         seeder.seed_now()  # before building the model: its initial weights repeat too
         model: pl.LightningModule = RegularizedDigitsClassifier(hidden=HIDDEN, lr=LR, l2=L2)
         early = EarlyStopping("val_loss", patience=PATIENCE, restore_best_weights=True)
         callbacks = [seeder, DropoutScheduler(DROPOUT, interval="step"), early, history]
+    elif sources is not None:  # the baseline in a sweep by source: seeded by source, nothing else added
+        seeder.seed_now()
+        model = DigitsClassifier(hidden=HIDDEN, lr=LR)
+        callbacks = [seeder, history]
     else:
         pl.seed_everything(seed, verbose=False)
         model = DigitsClassifier(hidden=HIDDEN, lr=LR)
@@ -232,6 +267,135 @@ def plot(baseline: RunResult, kit: RunResult, path: Path) -> Path:
     return path
 
 
+# ----------------------------------------------------------------------------- --variance
+BASELINE_METRIC, KIT_METRIC = "baseline test acc", "kit test acc"
+
+
+def variance_run(epochs: int, out: str, seeds: SourceSeeds) -> dict[str, float]:
+    """One sweep run (module level: process pools pickle it): baseline and kit with the same seeds."""
+    torch.set_num_threads(1)
+    return {
+        metric: run(metric.split()[0], kit, 0, epochs, Path(out), progress=False, sources=seeds).test_acc
+        for metric, kit in ((BASELINE_METRIC, False), (KIT_METRIC, True))
+    }
+
+
+def variance_study(
+    seeds: list[int], epochs: int, workers: int, out: Path
+) -> tuple[VarianceBySource, dict[str, Comparison]]:
+    """One sweep per source and one with all varying; ``P(kit > baseline)`` in each, paired by seed."""
+    train_fn = functools.partial(variance_run, epochs, str(out / "runs"))
+    results = out / f"variance-sweeps-{epochs}-epochs"  # resumed from on a second call with these settings
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            table = variance_by_source(train_fn, seeds, map=pool, results=results)
+    else:
+        table = variance_by_source(train_fn, seeds, results=results)
+    comparisons = {}
+    for label, sweep in table.sweeps.items():
+        kit = {r.seed: r.metrics[KIT_METRIC] for r in sweep.results if r.ok}
+        base = {r.seed: r.metrics[BASELINE_METRIC] for r in sweep.results if r.ok}
+        comparisons[label] = compare(kit, base, "test acc", higher_is_better=True)
+    return table, comparisons
+
+
+def variance_figure(
+    table: VarianceBySource,
+    comparisons: dict[str, Comparison],
+    title: str,
+    metrics: tuple[str, str] = (BASELINE_METRIC, KIT_METRIC),
+) -> Any:
+    """Std of the test accuracy by source (bars, chi-square CI) and P(kit > baseline) with its CI.
+
+    ``metrics``: the baseline's and the kit's metric names in ``table``. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (ax_std, ax_p) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [3, 2]})
+    table.plot(list(metrics), ax=ax_std, labels=["baseline (plain)", "kit"])
+    n = table.spread(metrics[1], table.labels[-1])
+    ax_std.set_title(
+        f"test accuracy: std across {n.n if n else '?'} seeds, by source of randomness", fontsize=10
+    )
+    labels = list(comparisons)
+    ps = [comparisons[k].p_a_better for k in labels]
+    err = [
+        [p - comparisons[k].p_ci_low for k, p in zip(labels, ps, strict=True)],
+        [comparisons[k].p_ci_high - p for k, p in zip(labels, ps, strict=True)],
+    ]
+    ax_p.errorbar(
+        range(len(labels)), ps, yerr=err, fmt="o", color="tab:blue", capsize=4, label="P(kit > baseline)"
+    )
+    ax_p.axhline(0.5, color="k", lw=1, ls=":", label="0.5: no difference")
+    gamma = next(iter(comparisons.values())).gamma
+    ax_p.axhline(gamma, color="tab:green", lw=1, ls="--", label=f"gamma {gamma}: meaningful")
+    ax_p.set_xticks(range(len(labels)))
+    ax_p.set_xticklabels(labels)
+    ax_p.set(ylim=(-0.02, 1.02), ylabel="P(kit > baseline), 95% bootstrap CI", xlabel="what varied")
+    verdict = textwrap.fill(f"all sources varying: {comparisons[labels[-1]].verdict}", 70)
+    ax_p.set_title(verdict, fontsize=8)
+    ax_p.legend(fontsize=7, loc="lower right")
+    ax_p.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def plot_variance(
+    table: VarianceBySource, comparisons: dict[str, Comparison], epochs: int, path: Path
+) -> Path:
+    """:func:`variance_figure` of the demo's study, saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    title = (
+        f"digits MLP, {epochs} epochs: how much does each source of randomness move the result,"
+        " and is the kit better?"
+    )
+    fig = variance_figure(table, comparisons, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main_variance(args: argparse.Namespace) -> int:
+    """``--variance``: the sweeps by source, the table, P(kit > baseline), the figure."""
+    seeds = list(range(1, args.variance_seeds + 1))
+    t0 = time.perf_counter()
+    table, comparisons = variance_study(seeds, args.variance_epochs, args.workers, args.out)
+    print(
+        f"\nDigits MLP 64-{HIDDEN}-{HIDDEN}-10, {TRAIN_FRACTION:.0%} of the data for training (a fixed"
+        f" split), {args.variance_epochs} epochs."
+    )
+    print(
+        "Baseline: plain model; kit: L2, curriculum dropout, early stopping with best weights. Both seeded"
+        " with SeedEverything(**seeds)."
+    )
+    print(
+        f"One sweep of {len(seeds)} seeds per source (that source varies, the others are held fixed), and one"
+        " with all sources varying:\n"
+    )
+    print(table.table())
+    print("\nstd of the test accuracy (95% chi-square CI); the rows are not shares of 'all':\n")
+    print(table.markdown())
+    print("\nP(kit > baseline), paired by seed (95% percentile bootstrap CI):")
+    for label, c in comparisons.items():
+        print(
+            f"  {label:>5}: P = {c.p_a_better:.3f}  CI [{c.p_ci_low:.3f}, {c.p_ci_high:.3f}]  "
+            f"mean(kit - baseline) = {c.mean_diff:+.4f}  ({c.n} pairs)"
+        )
+    print(f"\nall sources varying:\n{comparisons['all']}")
+    figure = plot_variance(table, comparisons, args.variance_epochs, args.out / "variance.png")
+    table.to_csv(args.out / "variance.csv")
+    print(f"table csv: {args.out / 'variance.csv'}")
+    print(f"figure: {figure}")
+    print(f"total time: {time.perf_counter() - t0:.1f} s")
+    return 0 if not any(s.failures for s in table.sweeps.values()) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the comparison; print the table, the reproducibility line and the figure's path."""
     parser = argparse.ArgumentParser(
@@ -261,13 +425,34 @@ def main(argv: list[str] | None = None) -> int:
         help="also run baseline and kit once per seed with seed_sweep and print mean, std and 95%% "
         "confidence interval of their test accuracy, and write sweep.csv to --out (e.g. --sweep-seeds 1 2 3)",
     )
+    parser.add_argument(
+        "--variance",
+        action="store_true",
+        help="run the variance study instead: baseline and kit in one seed sweep per source of randomness "
+        "(init, data, train) and one with all varying; print the std of the test accuracy by source and "
+        "P(kit > baseline), write variance.png (a few minutes on 2 cores with the defaults)",
+    )
+    parser.add_argument(
+        "--variance-seeds", type=int, default=8, metavar="N", help="seeds per sweep of --variance (1..N)"
+    )
+    parser.add_argument(
+        "--variance-epochs", type=int, default=10, metavar="E", help="epochs of each --variance run"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes that run the --variance sweeps (1: in this process)"
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for demo.png")
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
+    for option, low in (("variance_seeds", 2), ("variance_epochs", 1), ("workers", 1)):
+        if getattr(args, option) < low:
+            parser.error(f"--{option.replace('_', '-')} must be >= {low}, got {getattr(args, option)}")
 
     torch.set_num_threads(1)  # a small MLP: one thread is fastest, and leaves a core free
+    if args.variance:
+        return main_variance(args)
     progress = not args.no_progress
     t0 = time.perf_counter()
     baseline = run("baseline", False, args.seed, args.epochs, args.out, progress)

@@ -423,6 +423,11 @@ class VarianceBySource:
                 lows.append(s.std - s.std_ci_low)
                 highs.append(s.std_ci_high - s.std)
             ax.bar(xs, heights, width * 0.9, yerr=[lows, highs], capsize=3, label=label)
+            for x, h in zip(xs, heights, strict=True):
+                if h == 0.0:  # an empty bar: say that it is an exact 0, not a missing one
+                    ax.annotate(
+                        "0", (x, 0.0), xytext=(0, 2), textcoords="offset points", ha="center", fontsize=7
+                    )
         ax.set_xticks(range(len(self.labels)))
         ax.set_xticklabels(
             [f"{v}\n(all sources)" if v == "all" else f"{v}\n(only this varies)" for v in self.labels]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import doctest
+import json
 import re
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import digits
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,8 +24,10 @@ from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.callbacks.weight_penalty import WeightPenalty
+from lightning_regkit.compare import compare
 from lightning_regkit.penalties import L1, L2, MaxNorm
 from lightning_regkit.schedules import Cosine, Curriculum, Linear, Piecewise
+from lightning_regkit.sources import SOURCES, SourceSeeds
 
 CONFIG = EXAMPLES_DIR / "demo_config.yaml"
 
@@ -85,9 +92,110 @@ def test_demo_help_explains_the_options(capsys) -> None:
         demo.main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for option in ("--seed", "--sweep-seeds", "--epochs", "--out"):
+    for option in (
+        "--seed",
+        "--sweep-seeds",
+        "--epochs",
+        "--out",
+        "--variance",
+        "--variance-seeds",
+        "--workers",
+    ):
         assert option in out
     assert "bit-identical" in out or "reproducibility" in out
+    assert "P(kit > baseline)" in out
+
+
+@pytest.fixture
+def _one_thread() -> Any:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # demo.main sets one thread
+
+
+@pytest.mark.usefixtures("_one_thread")
+def test_demo_variance_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """``--variance``, tiny (a 16-wide MLP, 3 seeds, 1 epoch): the table, P(kit > baseline), the figure."""
+    import demo
+
+    monkeypatch.setattr(demo, "HIDDEN", 16)
+    args = [
+        "--variance",
+        "--variance-seeds",
+        "3",
+        "--variance-epochs",
+        "1",
+        "--workers",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    # the printed table holds the std of each sweep's results, as saved in its results file
+    folder = tmp_path / "variance-sweeps-1-epochs"
+    assert sorted(p.name for p in folder.iterdir()) == [
+        f"vary-{s}.jsonl" for s in ("all", "data", "init", "train")
+    ]
+    rows = {tuple(r[:2]): r for r in csv.reader((tmp_path / "variance.csv").read_text().splitlines())}
+    records: dict[str, list[dict[str, Any]]] = {}
+    for source in ("init", "data", "train", "all"):
+        records[source] = [
+            json.loads(line) for line in (folder / f"vary-{source}.jsonl").read_text().splitlines()
+        ]
+        assert sorted(r["seed"] for r in records[source]) == [1, 2, 3]
+        vary = tuple(SOURCES) if source == "all" else (source,)
+        assert [r["sources"] for r in sorted(records[source], key=lambda r: r["seed"])] == [
+            SourceSeeds.for_sweep(s, vary).as_dict() for s in (1, 2, 3)
+        ]
+        for metric in ("baseline test acc", "kit test acc"):
+            values = [r["metrics"][metric] for r in records[source]]
+            std = float(rows[(metric, source)][4])
+            assert std == pytest.approx(np.std(values, ddof=1), abs=1e-15)
+            assert f"{metric:<17}  {source:<6}  3" in out
+    kit = {r["seed"]: r["metrics"]["kit test acc"] for r in records["all"]}
+    base = {r["seed"]: r["metrics"]["baseline test acc"] for r in records["all"]}
+    c = compare(kit, base, "test acc", higher_is_better=True)
+    assert f"all: P = {c.p_a_better:.3f}  CI [{c.p_ci_low:.3f}, {c.p_ci_high:.3f}]" in out
+    assert "too few pairs to decide: 3 paired seeds" in out
+    png = (tmp_path / "variance.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+    # a second call with the same settings reads every result back: nothing is trained again
+    monkeypatch.setattr(demo, "run", None)  # would fail if called
+    assert demo.main(args) == 0
+    assert capsys.readouterr().out.count("total time") == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--variance-seeds", "1"], "--variance-seeds must be >= 2, got 1"),
+        (["--variance-epochs", "0"], "--variance-epochs must be >= 1, got 0"),
+        (["--workers", "0"], "--workers must be >= 1, got 0"),
+    ],
+)
+def test_demo_variance_bad_options(args: list[str], message: str, capsys: Any) -> None:
+    import demo
+
+    with pytest.raises(SystemExit) as exc:
+        demo.main(["--variance", *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_variance_from_the_command_line_with_a_process_pool(tmp_path: Path) -> None:
+    args = ["--variance", "--variance-seeds", "2", "--variance-epochs", "1", "--workers", "2", "--out", "v"]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES_DIR / "demo.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "| varied | n | std of baseline test acc (95% CI) | std of kit test acc (95% CI) |" in proc.stdout
+    assert "figure: v/variance.png" in proc.stdout
+    assert (tmp_path / "v" / "variance.png").exists()
 
 
 @pytest.mark.slow

@@ -32,8 +32,8 @@ def test_every_code_cell_was_executed_in_order_without_errors(cells) -> None:
 
 
 def test_plots_are_inline_png(cells) -> None:
-    # regularization path, schedules, DropoutScheduler run, early stopping, seed sweep
-    assert len(_outputs(cells, "image/png")) >= 5
+    # regularization path, schedules, DropoutScheduler run, early stopping, seed sweep, variance by source
+    assert len(_outputs(cells, "image/png")) >= 6
 
 
 @pytest.mark.parametrize(
@@ -44,6 +44,9 @@ def test_plots_are_inline_png(cells) -> None:
         ("## 3. Early stopping", "reason: PATIENCE_EXHAUSTED"),
         ("## 4. Seeding", "bit-identical: True"),
         ("## 4. Seeding", "ci95_high"),
+        ("## 5. Variance by source of randomness", "std ci95 high"),
+        ("## 5. Variance by source of randomness", "| varied | n | std of baseline test acc (95% CI) |"),
+        ("## 5. Variance by source of randomness", "P(A > B) = "),
     ],
 )
 def test_each_feature_has_its_section_and_result(cells, section, printed) -> None:
@@ -53,3 +56,14 @@ def test_each_feature_has_its_section_and_result(cells, section, printed) -> Non
         "".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c["outputs"]
     )
     assert printed in streams
+
+
+def test_variance_section_shows_its_figure_after_its_table(cells) -> None:
+    """Section 5: the table by source, then the figure (bars by source and P(kit > baseline))."""
+    start = next(i for i, c in enumerate(cells) if "## 5. Variance by source" in "".join(c["source"]))
+    section = [c for c in cells[start:] if c["cell_type"] == "code"][:2]
+    text = "".join("".join(o.get("text", "")) for o in section[0]["outputs"])
+    rows = [line.split("  ") for line in text.splitlines()[2:6]]
+    expected = [("baseline test acc", source) for source in ("init", "data", "train", "all")]
+    assert [(r[0], r[1]) for r in rows] == expected
+    assert any("image/png" in o.get("data", {}) for o in section[1]["outputs"])
