@@ -8,6 +8,7 @@ counted and kept few. A page with no runnable block fails: a page that shows cod
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -31,12 +32,19 @@ def test_docs_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert runnable, f"{page.name}: every block is skipped"
     assert len(found) - len(runnable) <= max(1, len(found) // 4), f"{page.name}: too many skipped blocks"
     monkeypatch.chdir(tmp_path)
+    # pages quieten Lightning's loggers (setLevel); the tests run after them must see the usual levels
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    levels = [(logger, logger.level) for logger in loggers if isinstance(logger, logging.Logger)]
     namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
-    for i, code in enumerate(runnable):
-        try:
-            exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)
-        except Exception as err:  # the block's text makes the failure readable
-            raise AssertionError(f"{page.name}, block {i} failed: {err!r}\n{code}") from err
+    try:
+        for i, code in enumerate(runnable):
+            try:
+                exec(compile(code, f"{page.name}[block {i}]", "exec"), namespace)
+            except Exception as err:  # the block's text makes the failure readable
+                raise AssertionError(f"{page.name}, block {i} failed: {err!r}\n{code}") from err
+    finally:
+        for logger, level in levels:
+            logger.setLevel(level)  # setLevel also clears the loggers' cached decisions
 
 
 def test_skip_marker_is_recognized() -> None:
