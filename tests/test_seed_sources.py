@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import max_abs_diff, trainer_kwargs, weights_of
+from conftest import max_abs_diff, run_python, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -117,7 +117,9 @@ def differs(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
         out.add("order")
     if not torch.equal(a["masks"], b["masks"]):
         out.add("masks")
-    if any(not torch.equal(a["noise"][i], b["noise"][i]) for i in a["noise"]):
+    if a["noise"].keys() != b["noise"].keys() or any(
+        not torch.equal(a["noise"][i], b["noise"][i]) for i in a["noise"]
+    ):  # under DDP a rank's shard (which samples it sees) follows the data order too
         out.add("noise")
     return out
 
@@ -449,3 +451,47 @@ def test_source_seeds_validate() -> None:
         SourceSeeds(1, 2, -1, 3)
     with pytest.raises(KeyError):
         SourceSeeds(1, 2, 3, 4)["sweep_seed"]
+
+
+# ----------------------------------------------------------------------------- DDP
+DDP_SCRIPT = """
+import os, sys
+import lightning.pytorch as pl
+import torch
+from conftest import trainer_kwargs, weights_of
+from test_seed_sources import Loaders, Probe, observe
+from lightning_regkit.callbacks.seed import SeedEverything
+
+NAME, SEEDS = "{name}", {seeds}
+rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning's launcher sets it in the second process
+seeder = SeedEverything(**SEEDS)
+seeder.seed_now(rank)
+model = Probe()
+init = weights_of(model)
+trainer = pl.Trainer(**trainer_kwargs(".", max_epochs=2, callbacks=[seeder], devices=2, strategy="ddp"))
+trainer.fit(model, Loaders())
+torch.save(observe(model, init), f"{{NAME}}_rank{{trainer.global_rank}}.pt")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_shards_follow_the_data_seed_and_dropout_the_train_seed(tmp_path: Path) -> None:
+    """Two ranks: the distributed sampler shuffles with the data seed; each source still varies alone."""
+    runs = {"base": BASE, "data": {**BASE, "data": 21}, "train": {**BASE, "train": 31}}
+    for name, seeds in runs.items():
+        run_python(DDP_SCRIPT.format(name=name, seeds=seeds), cwd=tmp_path)
+    got = {
+        (name, rank): torch.load(tmp_path / f"{name}_rank{rank}.pt", weights_only=False)
+        for name in runs
+        for rank in (0, 1)
+    }
+    for name in runs:  # in every epoch the two ranks' shards partition the data
+        orders = [got[(name, r)]["order"] for r in (0, 1)]
+        for epoch in (0, 1):
+            shards = [sorted(i for batch in o[epoch * 2 : epoch * 2 + 2] for i in batch) for o in orders]
+            assert sorted(shards[0] + shards[1]) == list(range(N)) and not set(shards[0]) & set(shards[1])
+    for rank in (0, 1):
+        base = got[("base", rank)]
+        assert differs(base, got[("data", rank)]) == {"order", "noise"}
+        assert differs(base, got[("train", rank)]) == {"masks", "noise"}  # main-process noise: train
