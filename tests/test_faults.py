@@ -22,12 +22,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import assert_tree_equal, max_abs_diff
+from packaging.version import Version
 from test_integration import assert_same_run, kit_run, reference_run, step_values
 
 pytestmark = pytest.mark.slow
+# Lightning below 2.6 (2.4 tested): total epoch progress lags one behind in a resumed run's checkpoints
+LIGHTNING_2_4 = Version(pl.__version__) < Version("2.6")
 
 
 def val_values(vals: list[Any]) -> list[Any]:
@@ -51,6 +55,9 @@ def checkpoint_diff(a: Path, b: Path) -> float:
     ca, cb = torch.load(a, weights_only=True), torch.load(b, weights_only=True)
     assert (ca["epoch"], ca["global_step"]) == (cb["epoch"], cb["global_step"])
     assert_tree_equal(ca["optimizer_states"], cb["optimizer_states"], "optimizer_states")
+    if LIGHTNING_2_4:  # its fit loop does not bring epoch_progress.total.completed up to date on resume
+        for loops in (ca["loops"], cb["loops"]):
+            loops["fit_loop"]["epoch_progress"]["total"].pop("completed")
     assert_tree_equal(ca["loops"], cb["loops"], "loops")
     kit = [k for k in ca["callbacks"] if "Checkpoint" not in str(k)]
     assert len(kit) >= 3, list(ca["callbacks"])  # SeedEverything, EarlyStopping, DropoutScheduler
@@ -68,7 +75,9 @@ def test_three_sigkills_then_resumes_are_bit_identical(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     reference = reference_run(tmp_path_factory)
-    assert reference["stopped_epoch"] == 4 and reference["es"]["wait_count"] == 2
+    # epoch 4 with torch 2.13; the numbers of other torch releases may stop it a little later
+    stop = reference["stopped_epoch"]
+    assert stop >= 4 and reference["es"]["wait_count"] == 2
     diffs = []
 
     def check_segment(resumed: dict[str, Any], start_epoch: int) -> None:
@@ -104,20 +113,20 @@ def test_three_sigkills_then_resumes_are_bit_identical(
     temp.unlink()
     check_killed_segment(1)  # written by the segment resumed from epoch 0
 
-    # 3. resume from epoch 1; kill right after the checkpoint of epoch 3
-    killed(tmp_path, ckpt_path=str(ckpt), kill_after=3)
+    # 3. resume from epoch 1; kill right after the checkpoint of the epoch before the stop (3)
+    killed(tmp_path, ckpt_path=str(ckpt), kill_after=stop - 1)
     ckpt = newest_checkpoint(tmp_path)
-    assert ckpt.name == "epoch=3.ckpt"
-    check_killed_segment(2, 3)  # written by the segment resumed from epoch 1
+    assert ckpt.name == f"epoch={stop - 1}.ckpt"
+    check_killed_segment(*range(2, stop))  # written by the segment resumed from epoch 1
 
-    # resume to the end: early stopping fires at epoch 4 as in the uninterrupted run
+    # resume to the end: early stopping fires at the same epoch as in the uninterrupted run
     resumed = kit_run(tmp_path, ckpt_path=str(ckpt))
-    check_segment(resumed, start_epoch=4)
+    check_segment(resumed, start_epoch=stop)
     print(
-        "checkpoints of epochs 0, 1, 2, 3 written by the killed segments, then the final weights:"
+        f"checkpoints of epochs 0 to {stop - 1} written by the killed segments, then the final weights:"
         f" max |w - w_uninterrupted| = {diffs}"
     )
-    assert diffs == [0.0] * 5
+    assert diffs == [0.0] * (stop + 1)
 
 
 def test_single_kill_resume_from_an_intact_checkpoint(
