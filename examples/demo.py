@@ -332,7 +332,9 @@ def variance_figure(
     ax_p.set_xticks(range(len(labels)))
     ax_p.set_xticklabels(labels)
     ax_p.set(ylim=(-0.02, 1.02), ylabel="P(kit > baseline), 95% bootstrap CI", xlabel="what varied")
-    verdict = textwrap.fill(f"all sources varying: {comparisons[labels[-1]].verdict}", 70)
+    verdict = textwrap.fill(
+        f"all sources varying (A = kit, B = baseline): {comparisons[labels[-1]].verdict}", 70
+    )
     ax_p.set_title(verdict, fontsize=8)
     ax_p.legend(fontsize=7, loc="lower right")
     ax_p.grid(alpha=0.3)
