@@ -42,11 +42,16 @@ class Indexed(Dataset):
         return torch.tensor(i), noise
 
 
-class Probe(pl.LightningModule):
-    """Records the batch order, the dropout masks and each sample's augmentation; trains a little."""
+class ProbeSteps:
+    """Records the batch order, the dropout masks and each sample's augmentation; trains a little.
 
-    def __init__(self) -> None:
-        super().__init__()
+    A mixin (as ``ClassifierSteps`` in conftest) so that both namespaces' ``LightningModule`` can use it.
+    """
+
+    training: bool
+    log: Any
+
+    def _build(self) -> None:
         # dropout before the ReLU: its input is never exactly 0, so a 0 in its output is a dropped unit
         self.net = nn.Sequential(nn.Linear(3, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 1))
         self.order: list[list[int]] = []
@@ -69,7 +74,13 @@ class Probe(pl.LightningModule):
         self.log("val_loss", self.net(batch[1]).pow(2).mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        return torch.optim.SGD(self.net.parameters(), lr=0.1)
+
+
+class Probe(ProbeSteps, pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self._build()
 
 
 def observe(model: Probe, init: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -495,3 +506,75 @@ def test_ddp_shards_follow_the_data_seed_and_dropout_the_train_seed(tmp_path: Pa
         base = got[("base", rank)]
         assert differs(base, got[("data", rank)]) == {"order", "noise"}
         assert differs(base, got[("train", rank)]) == {"masks", "noise"}  # main-process noise: train
+
+
+@pytest.mark.parametrize(
+    ("loader_args", "match"),
+    [
+        (
+            {"num_workers": 2, "persistent_workers": True},
+            "persistent_workers=True with separate seed sources",
+        ),
+        ({"sampler": "custom"}, "sampler _Custom has no `generator` attribute"),
+    ],
+)
+def test_what_the_data_seed_cannot_reach_is_warned_once(
+    tmp_path: Path, loader_args: dict[str, Any], match: str
+) -> None:
+    class _Custom(torch.utils.data.Sampler):
+        def __iter__(self) -> Any:
+            return iter(torch.randperm(N).tolist())
+
+        def __len__(self) -> int:
+            return N
+
+    if loader_args.get("sampler") == "custom":
+        loader_args = {"sampler": _Custom()}
+    seeder = SeedEverything(**BASE)
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_epochs=3, callbacks=[seeder]))
+    with pytest.warns(UserWarning, match=match) as record:
+        trainer.fit(Probe(), DataLoader(Indexed(), batch_size=8, **loader_args))
+    assert sum(match in str(w.message) for w in record) == 1  # once per fit, not once per epoch
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
+def test_sources_from_lightning_cli_yaml(tmp_path: Path) -> None:
+    from conftest import LitClassifier, SyntheticDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    config = tmp_path / "config.yaml"
+    callback = {"class_path": "lightning_regkit.SeedEverything", "init_args": {"seed": 4, "data": 5}}
+    config.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback], "logger": False}}))
+    cli = LightningCLI(
+        LitClassifier,
+        SyntheticDataModule,
+        args=["--config", str(config)],
+        run=False,
+        save_config_callback=None,
+    )
+    (seeder,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SeedEverything)]
+    assert seeder.sources == {"init": source_seed(4, "init"), "data": 5, "train": source_seed(4, "train")}
+
+
+def test_sources_in_the_pytorch_lightning_namespace(tmp_path: Path) -> None:
+    """The same separation with ``pytorch_lightning`` classes (the kit's twin callback)."""
+    pytorch_lightning = pytest.importorskip("pytorch_lightning")
+    from lightning_regkit.pytorch_lightning import SeedEverything as PLSeedEverything
+
+    class PLProbe(ProbeSteps, pytorch_lightning.LightningModule):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self._build()
+
+    def run(**seeds: int) -> dict[str, Any]:
+        seeder = PLSeedEverything(**seeds)
+        seeder.seed_now()
+        model = PLProbe()
+        init = weights_of(model)
+        kwargs = trainer_kwargs(tmp_path, max_epochs=2, callbacks=[seeder])
+        pytorch_lightning.Trainer(**kwargs).fit(model, DataLoader(Indexed(), batch_size=8, shuffle=True))
+        return observe(model, init)
+
+    base = run(**BASE)
+    assert differs(base, run(**{**BASE, "data": 21})) == {"order", "noise"}
+    assert differs(base, run(**{**BASE, "init": 11})) == {"init"}

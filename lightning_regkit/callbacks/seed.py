@@ -574,6 +574,8 @@ class SeedEverything(Callback):
             data_seed = self.sources["data"] + (trainer.global_rank if self.per_rank else 0)
             gen = self._data_generator = torch.Generator().manual_seed(data_seed)
         for dl in _train_loaders(trainer):
+            if getattr(dl, "generator", None) is gen:  # attached already (an earlier epoch of this fit)
+                continue
             sampler = getattr(dl, "sampler", None)
             inner = getattr(getattr(dl, "batch_sampler", None), "sampler", None)
             for owner in (dl, sampler, inner):
