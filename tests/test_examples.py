@@ -236,7 +236,7 @@ def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
     assert f"figure: {png}" in stdout
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
-    # Lightning's progress bar is on (tqdm's "Epoch 0: 100%", or rich's "Epoch 0/2 ━━" where rich is installed)
+    # Lightning's progress bar is on (tqdm's "Epoch 0: 100%", or rich's "Epoch 0/2 ━━" with rich installed)
     assert re.search(r"Epoch \d+(: 100%|/\d+ )", stdout + proc.stderr)
 
 
