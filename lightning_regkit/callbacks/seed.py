@@ -324,11 +324,13 @@ class SeedEverything(Callback):
         ...
         ValueError: SeedEverything: seed must be in [0, 2**32 - 1] = [0, 4294967295], got 4294967296
 
-        One source varied, the others held (here the data order changes, the initial weights and
-        the dropout masks do not):
+        A seed of its own for the data (shuffle order, workers); ``init`` and ``train`` derive
+        from 42. Changing ``data`` then changes the batch order only, not the initial weights
+        nor the dropout masks:
 
-        >>> SeedEverything(seed=42, data=7).seed_record()["seed_data"]
-        7
+        >>> seeder = SeedEverything(seed=42, data=7)
+        >>> seeder.sources["data"], seeder.sources["init"] == source_seed(42, "init")
+        (7, True)
     """
 
     def __init__(
