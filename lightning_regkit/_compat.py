@@ -182,3 +182,30 @@ LIGHTNING_HAS_STOPPING_REASON = EarlyStoppingReason.__module__.startswith("light
 """Whether the installed Lightning's own EarlyStopping sets ``stopping_reason`` (Lightning >= 2.6)."""
 
 __all__ += ["LIGHTNING_HAS_STOPPING_REASON", "EarlyStoppingReason"]
+
+
+def next_epoch_creates_train_iterator(trainer: Any) -> bool:
+    """Whether the fit loop creates a new train iterator when the coming epoch's batches start.
+
+    Lightning's ``TrainingEpochLoop.on_run_start`` calls ``iter()`` on the train data fetcher when
+    ``current_epoch > 0`` and the epoch loop is not restarting. Lightning 2.6 also skips it while
+    ``fit_loop.is_resuming`` (the first epoch after a resume goes on with the iterator built before
+    ``on_train_start``); Lightning 2.4 has no ``is_resuming`` and creates a new iterator there, from
+    the generator states as they are at that moment. Meaningful from ``on_train_start`` to
+    ``on_train_epoch_start``.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> loop = NS(epoch_loop=NS(restarting=False), is_resuming=True)
+        >>> next_epoch_creates_train_iterator(NS(current_epoch=1, fit_loop=loop))
+        False
+    """
+    fit_loop = trainer.fit_loop
+    return bool(
+        trainer.current_epoch > 0
+        and not fit_loop.epoch_loop.restarting
+        and not getattr(fit_loop, "is_resuming", False)
+    )
+
+
+__all__ += ["next_epoch_creates_train_iterator"]

@@ -143,3 +143,59 @@ def test_early_stopping_private_names_and_hook_calls(tmp_path: Path, namespace: 
         trainer.fit(Model())
         # one check per epoch, from the hook that _check_on_train_epoch_end selects
         assert checks == [(on_train_epoch_end, 0), (on_train_epoch_end, 1)]
+
+
+@pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
+def test_next_epoch_creates_train_iterator_as_lightning_does(tmp_path: Path, namespace: str) -> None:
+    """Predicted at each epoch start (fresh, and resumed from an epoch-end checkpoint) vs the iter() calls."""
+    from lightning_regkit._compat import next_epoch_creates_train_iterator
+
+    pl = importlib.import_module(namespace)
+    boring = importlib.import_module(f"{namespace}.demos.boring_classes")
+    checkpoint_cls = importlib.import_module(f"{namespace}.callbacks").ModelCheckpoint
+    iters: list[int] = []
+
+    class Loader(torch.utils.data.DataLoader):
+        def __iter__(self) -> Any:
+            iters.append(1)
+            return super().__iter__()
+
+    class Probe(pl.Callback):  # type: ignore[misc, name-defined]
+        def __init__(self) -> None:
+            self.seen: list[tuple[int, bool, bool]] = []  # epoch, predicted, iter() called for it
+
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.at_train_start = next_epoch_creates_train_iterator(trainer)
+
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            self.predicted, self.iters_before = next_epoch_creates_train_iterator(trainer), len(iters)
+            if not self.seen:  # the same answer from on_train_start on
+                assert self.predicted is self.at_train_start
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            if batch_idx == 0:
+                self.seen.append((trainer.current_epoch, self.predicted, len(iters) > self.iters_before))
+
+    def fit(epochs: int, **kwargs: Any) -> list[tuple[int, bool, bool]]:
+        probe = Probe()
+        trainer = pl.Trainer(
+            max_epochs=epochs,
+            limit_val_batches=1,
+            num_sanity_val_steps=0,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[probe, checkpoint_cls(dirpath=tmp_path, filename="e")],
+            default_root_dir=str(tmp_path),
+        )
+        data = Loader(torch.randn(4, 32), batch_size=2, shuffle=True)
+        trainer.fit(boring.BoringModel(), data, data, **kwargs)
+        return probe.seen
+
+    assert fit(2) == [(0, False, False), (1, True, True)]  # epoch 0 uses the iterator built at setup
+    resumed = fit(4, ckpt_path=str(tmp_path / "e.ckpt"))  # written at the end of epoch 1
+    assert [epoch for epoch, *_ in resumed] == [2, 3] and resumed[1] == (3, True, True)
+    _, predicted, called = resumed[0]  # the first epoch after the resume
+    assert predicted is called  # Lightning 2.4: a new iterator; 2.6: the one built before on_train_start
+    fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
+    assert predicted is not hasattr(fit_loop, "is_resuming")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -66,10 +67,12 @@ def test_tiny_fit_from_the_installed_wheel(wheel: Path, tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # no source tree on the path
     subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "-q", str(wheel)],
         check=True,
         capture_output=True,
+        env=env,
     )
     site = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
@@ -97,6 +100,6 @@ trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, ena
 trainer.fit(M(), data)
 print("FIT", trainer.global_step, lightning_regkit.__file__)
 """
-    proc = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run([str(python), "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "FIT 4 " in proc.stdout
