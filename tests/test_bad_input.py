@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
+from helpers import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from packaging.version import Version
 from torch import nn

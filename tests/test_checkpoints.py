@@ -22,7 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import (
+from helpers import (
     ClassifierSteps,
     LitClassifier,
     SyntheticDataModule,

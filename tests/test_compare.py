@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.stats
-from conftest import ROOT
+from helpers import ROOT
 
 from lightning_regkit.compare import Comparison, compare, pairs_needed
 from lightning_regkit.sweep import SeedResult, SweepResult

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ClassifierSteps, SyntheticDataModule, TinyMLP, trainer_kwargs
+from helpers import ClassifierSteps, SyntheticDataModule, TinyMLP, trainer_kwargs
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from lightning_regkit import _compat

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import max_abs_diff
+from helpers import max_abs_diff
 from test_integration import assert_same_run, kit_run, load_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]

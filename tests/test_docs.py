@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 BLOCK = re.compile(r"(<!-- docs-test: skip -->\s*\n)?```python\n(.*?)```", re.S)
 PAGES = sorted((ROOT / "docs").glob("*.md"))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ROOT
+from helpers import ROOT
 
 pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]') builds the site")
 pytest.importorskip("mkdocstrings_handlers.python", reason="the docs extra builds the API reference")

@@ -25,7 +25,7 @@ import pytest
 import torch
 import torch._dynamo
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     LitClassifier,
     SyntheticDataModule,
     TinyTransformer,

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     LitClassifier,
     SyntheticDataModule,
     TinyMLP,
@@ -687,7 +687,7 @@ DDP_SCRIPT = """
 import json, sys
 import lightning.pytorch as pl
 import torch, torch.nn.functional as F
-from conftest import LitClassifier, SyntheticDataModule, TinyMLP
+from helpers import LitClassifier, SyntheticDataModule, TinyMLP
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.schedules import Cosine
 

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 import torch
 import torchmetrics
-from conftest import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -428,7 +428,7 @@ DDP_SCRIPT = """
 import sys
 import torch
 from lightning.pytorch import Trainer
-from conftest import SyntheticDataModule, trainer_kwargs, weights_of
+from helpers import SyntheticDataModule, trainer_kwargs, weights_of
 from test_early_stopping import Scripted
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
 

@@ -4,7 +4,7 @@ Lightning's test file is not installed, so its key cases are re-created here fro
 ``tests/tests_pytorch/callbacks/test_early_stopping.py`` of Lightning 2.6 (same parameters,
 same expected epochs). Every case runs both classes with our new options off and asserts they
 agree (stop epoch, reason, state) and that both give Lightning's expected answer. Lightning's
-helpers ``ClassificationModel``/``ClassifDataModule`` are replaced by conftest's
+helpers ``ClassificationModel``/``ClassifDataModule`` are replaced by helpers'
 ``LitClassifier``/``SyntheticDataModule``; training batches are limited to keep it fast (the
 scripted metrics do not depend on them).
 """
@@ -20,7 +20,7 @@ from unittest.mock import Mock
 import cloudpickle
 import pytest
 import torch
-from conftest import LitClassifier, SyntheticDataModule
+from helpers import LitClassifier, SyntheticDataModule
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint

@@ -26,7 +26,7 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import SyntheticDataModule, TinyMLP, max_abs_diff, trainer_kwargs, weights_of
+from helpers import SyntheticDataModule, TinyMLP, max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch import Trainer, seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint, StochasticWeightAveraging
 from test_early_stopping import Scripted, assert_restored, fit

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import EXAMPLES_DIR, ROOT, max_abs_diff, trainer_kwargs, weights_of
 from digits import DigitsClassifier, DigitsDataModule, RegularizedDigitsClassifier, weights_sha256
+from helpers import EXAMPLES_DIR, ROOT, max_abs_diff, trainer_kwargs, weights_of
 
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping

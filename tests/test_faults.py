@@ -25,7 +25,7 @@ from typing import Any
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import assert_tree_equal, max_abs_diff
+from helpers import assert_tree_equal, max_abs_diff
 from packaging.version import Version
 from test_integration import assert_same_run, kit_run, reference_run, step_values
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
+from helpers import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
 from torch import nn
 
 import lightning_regkit
@@ -111,7 +111,7 @@ def test_ddp_on_cpu_runs(tmp_path: Path) -> None:
     proc = run_python(
         """
         import lightning.pytorch as pl, torch
-        from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs
+        from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs
         torch.manual_seed(0)
         model = LitClassifier()
         trainer = pl.Trainer(**trainer_kwargs(".", devices=2, strategy="ddp", max_epochs=1))
@@ -190,3 +190,15 @@ def test_run_python_does_not_retry_a_hang(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="timed out after 3 s"):
         run_python(code, tmp_path, timeout=3)
     assert (tmp_path / "runs.txt").read_text() == "run\n"
+
+
+def test_test_helpers_live_in_a_module_of_their_own() -> None:
+    """Tests import shared helpers from ``tests/helpers.py``; ``conftest.py`` holds fixtures only."""
+    importers = [
+        p.name
+        for p in sorted((ROOT / "tests").glob("*.py"))
+        if re.search(r"^\s*(from conftest import|import conftest)", p.read_text(), re.M)
+    ]
+    assert importers == []
+    conftest = (ROOT / "tests" / "conftest.py").read_text()
+    assert "def run_python" not in conftest and "class TinyMLP" not in conftest

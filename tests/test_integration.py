@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import max_abs_diff, run_python
+from helpers import max_abs_diff, run_python
 
 # The run every integration/fault/distributed test shares. ``CFG`` is substituted as a dict literal.
 KIT_SCRIPT = """
@@ -29,7 +29,7 @@ import torch
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from conftest import ClassifierSteps, SyntheticDataModule, TinyMLP, trainer_kwargs, weights_of
+from helpers import ClassifierSteps, SyntheticDataModule, TinyMLP, trainer_kwargs, weights_of
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
 from lightning_regkit.callbacks.seed import SeedEverything
@@ -217,7 +217,7 @@ def test_the_run_exercises_every_part(two_runs: tuple[dict[str, Any], dict[str, 
 @pytest.mark.filterwarnings("ignore:Precision bf16-mixed is not supported by the model summary")
 def test_readme_quickstart_all_together(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README's "all together" snippet, verbatim apart from the test's model, data and paths."""
-    from conftest import ClassifierSteps, SyntheticDataModule, TinyMLP
+    from helpers import ClassifierSteps, SyntheticDataModule, TinyMLP
 
     monkeypatch.chdir(tmp_path)
     # --- README snippet (readme_integration.md) ---

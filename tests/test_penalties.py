@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TinyMLP, TinyTransformer, needs_cxx
+from helpers import TinyMLP, TinyTransformer, needs_cxx
 from torch import nn
 
 from lightning_regkit.penalties import (

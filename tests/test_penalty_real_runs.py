@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import trainer_kwargs
+from helpers import trainer_kwargs
 from lightning.pytorch.callbacks import BackboneFinetuning, Callback
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ROOT, LitClassifier, SyntheticDataModule, TinyTransformer
+from helpers import ROOT, LitClassifier, SyntheticDataModule, TinyTransformer
 
 BLOCK = re.compile(r"(<!-- readme-test: skip -->\s*\n)?```python\n(.*?)```", re.S)
 README = (ROOT / "README.md").read_text()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import (
+from helpers import (
     HAS_CXX,
     ClassifierSteps,
     LitClassifier,
@@ -429,7 +429,7 @@ def test_max_norm_constrains_rows(tmp_path: Path) -> None:
 def test_ddp_two_processes_ranks_identical(tmp_path: Path) -> None:
     code = f"""
     import torch, lightning.pytorch as pl
-    from conftest import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
+    from helpers import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
     from lightning_regkit.callbacks.weight_penalty import WeightPenalty
     from lightning_regkit.module import RegularizedModule
     from lightning_regkit.penalties import L1, L2, MaxNorm

@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import assert_tree_equal, max_abs_diff, run_python
+from helpers import assert_tree_equal, max_abs_diff, run_python
 
 pytest.importorskip("torchdata.stateful_dataloader")
 
@@ -40,7 +40,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
-from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.rng import WorkerRNGDataset
 

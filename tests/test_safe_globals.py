@@ -14,7 +14,7 @@ import pickle
 
 import pytest
 import torch
-from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs
+from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 

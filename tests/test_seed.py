@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -30,7 +30,7 @@ import json, sys
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
 from lightning_regkit.callbacks.seed import SeedEverything
 
 SEED, PHASE, NUM_WORKERS = 7, "{phase}", {num_workers}
@@ -117,7 +117,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
-from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
 from lightning_regkit.callbacks.seed import SeedEverything
 
 PER_RANK = {per_rank}

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import max_abs_diff, run_python, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -45,7 +45,7 @@ class Indexed(Dataset):
 class ProbeSteps:
     """Records the batch order, the dropout masks and each sample's augmentation; trains a little.
 
-    A mixin (as ``ClassifierSteps`` in conftest) so that both namespaces' ``LightningModule`` can use it.
+    A mixin (as ``ClassifierSteps`` in helpers) so that both namespaces' ``LightningModule`` can use it.
     """
 
     training: bool
@@ -469,7 +469,7 @@ DDP_SCRIPT = """
 import os, sys
 import lightning.pytorch as pl
 import torch
-from conftest import trainer_kwargs, weights_of
+from helpers import trainer_kwargs, weights_of
 from test_seed_sources import Loaders, Probe, observe
 from lightning_regkit.callbacks.seed import SeedEverything
 
@@ -539,7 +539,7 @@ def test_what_the_data_seed_cannot_reach_is_warned_once(
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
 def test_sources_from_lightning_cli_yaml(tmp_path: Path) -> None:
-    from conftest import LitClassifier, SyntheticDataModule
+    from helpers import LitClassifier, SyntheticDataModule
     from lightning.pytorch.cli import LightningCLI
 
     config = tmp_path / "config.yaml"

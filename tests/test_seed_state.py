@@ -24,7 +24,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import (
+from helpers import (
     LitClassifier,
     SyntheticDataModule,
     assert_tree_equal,

@@ -197,7 +197,7 @@ def test_student_t_ppf_bad_input(q: float, df: float) -> None:
 
 def test_readme_quickstart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The README snippet, verbatim (LitClassifier / SyntheticDataModule stand in for the user's own)."""
-    from conftest import LitClassifier, SyntheticDataModule
+    from helpers import LitClassifier, SyntheticDataModule
 
     monkeypatch.chdir(tmp_path)
     # --- README snippet start
@@ -528,7 +528,7 @@ def test_keyboard_interrupt_stops_the_sweep_and_keeps_what_finished(
 
 def test_lightning_ctrl_c_in_a_real_trainer_stops_the_sweep(tmp_path: Path) -> None:
     """Lightning turns Ctrl-C into sys.exit(1) (and ignores SIGINT): the sweep must stop, not go on."""
-    from conftest import LitClassifier, SyntheticDataModule, trainer_kwargs
+    from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs
 
     class CtrlC(pl.Callback):
         def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
