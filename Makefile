@@ -1,6 +1,6 @@
 # Two commands do everything, set-up included:
 #   make demo   -- create/refresh .venv, then run the demo (examples/demo.py)
-#   make test   -- create/refresh .venv, then ruff, mypy and pytest (tests, doctests, notebooks)
+#   make test   -- create/refresh .venv, then ruff, then pytest (tests, doctests, notebooks) with mypy alongside
 #   make docs   -- build the documentation site into build/site (MkDocs, warnings are errors)
 # The set-up runs again only when pyproject.toml changes (stamp file .venv/.installed).
 
@@ -51,7 +51,14 @@ PYTEST_WORKERS ?= 2
 pytest: $(VENV)/.installed
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+# mypy runs while pytest does (it is single-threaded and pytest's start waits on imports): the gate
+# fails if either fails; mypy's report is printed after pytest's.
+test: lint
+	@echo "mypy lightning_regkit (in the background while pytest runs)"
+	@$(VENV)/bin/mypy lightning_regkit >$(VENV)/mypy.log 2>&1 & mypy=$$!; \
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
+	wait $$mypy; mypy_rc=$$?; echo "--- mypy"; cat $(VENV)/mypy.log; \
+	test $$mypy_rc -eq 0 || { echo "mypy failed"; exit 1; }; exit $$rc
 
 # The inner loop: unit tests only (no slow, multi-process or notebook tests), in parallel.
 test-fast: $(VENV)/.installed
