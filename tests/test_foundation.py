@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -162,13 +164,14 @@ HANG_SCRIPT = """
     """
 
 
-@pytest.mark.parametrize("attempt", range(2))
-def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path, attempt: int) -> None:
+@pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh"])
+def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path, fresh: bool) -> None:
     """A hung subprocess (a parent, a forked child as a DataLoader worker, the script started again
     as a DDP rank) fails with every process's whole Python stack, each dump in a section of its own
-    (never interleaved with another process's), and the whole process group is gone afterwards."""
-    with pytest.raises(AssertionError, match="timed out after 6 s") as err:
-        run_python(HANG_SCRIPT, tmp_path, timeout=6)
+    (never interleaved with another process's), and the whole process group is gone afterwards:
+    started from the warm interpreter and as a really new one."""
+    with pytest.raises(AssertionError, match="timed out after 4 s") as err:
+        run_python(HANG_SCRIPT, tmp_path, timeout=4, fresh=fresh)
     message = str(err.value)
     for role, frame in [("parent", "parent_waits"), ("child", "child_waits"), ("rank1", "grandchild_waits")]:
         pid = (tmp_path / f"{role}_pid").read_text()
@@ -190,6 +193,45 @@ def test_run_python_does_not_retry_a_hang(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="timed out after 3 s"):
         run_python(code, tmp_path, timeout=3)
     assert (tmp_path / "runs.txt").read_text() == "run\n"
+
+
+PROBE_SCRIPT = """
+    import atexit, json, os, random, sys
+    import numpy, torch
+    atexit.register(lambda: open("atexit_ran", "w").write("yes"))
+    print(json.dumps({
+        "name": __name__, "argv0": os.path.basename(sys.argv[0]), "path0": sys.path[0], "cwd": os.getcwd(),
+        "var": os.environ.get("PROBE_VAR"), "torch_seed": torch.initial_seed(),
+        "torch_draw": torch.rand(3).tolist(),
+        "random": random.random(), "numpy": float(numpy.random.random()), "pid": os.getpid(),
+        "pgid": os.getpgid(0),
+    }))
+    sys.exit(int(os.environ["PROBE_EXIT"]))
+    """
+
+
+def test_warm_interpreter_child_is_like_a_new_process(tmp_path: Path) -> None:
+    """What a script can observe is the same whether ``run_python`` forks it from the warm interpreter or
+    starts a really new one; only the entropy-seeded draws differ between runs, as between new processes."""
+    seen = {}
+    for fresh in (False, True, False):
+        (tmp_path / "atexit_ran").unlink(missing_ok=True)
+        with pytest.raises(AssertionError, match="subprocess failed with 3") as err:
+            run_python(PROBE_SCRIPT, tmp_path, env={"PROBE_VAR": "x", "PROBE_EXIT": "3"}, fresh=fresh)
+        out = json.loads(str(err.value).split("--- stdout\n", 1)[1].split("\n", 1)[0])
+        assert (tmp_path / "atexit_ran").read_text() == "yes", fresh
+        assert out["pgid"] == out["pid"] != os.getpid()  # a process group of its own
+        seen.setdefault(fresh, []).append(out)
+    (warm, warm2), [fresh_run] = seen[False], seen[True]
+    same = ["name", "argv0", "path0", "cwd", "var"]
+    entropy = ["random", "numpy"]  # seeded from the OS in every new process
+    # torch seeds its default generator from the OS in a new process (recent releases) or with a fixed seed
+    (same if fresh_run["torch_seed"] == 67280421310721 else entropy).extend(["torch_seed", "torch_draw"])
+    assert {k: warm[k] for k in same} == {k: fresh_run[k] for k in same}
+    assert warm["name"] == "__main__" and warm["path0"] == str(tmp_path) and warm["var"] == "x"
+    for key in entropy:
+        assert warm[key] != warm2[key] and warm[key] != fresh_run[key], key
+    assert len({warm["pid"], warm2["pid"], fresh_run["pid"]}) == 3
 
 
 def test_test_helpers_live_in_a_module_of_their_own() -> None:

@@ -13,8 +13,8 @@ What a child gets, as a fresh ``python script.py`` would:
   the working directory and environment of the request (``os.environ`` replaced, so processes the
   script starts inherit it: Lightning's DDP launcher re-runs ``sys.argv`` in a real new interpreter);
 - fresh entropy where a new interpreter has it: ``random`` is reseeded at fork by Python itself, NumPy's
-  global generator is reseeded from the OS here; torch's default generator is untouched since import,
-  i.e. at torch's fixed default seed, as in a new process;
+  global generator is reseeded from the OS here, and so is torch's default generator where torch seeds
+  it from the OS at import (recent releases; older ones use a fixed seed, left as it is);
 - stdout/stderr in files, the exit status of the script (``SystemExit`` code, 1 on an exception, minus
   the signal number when killed), threads joined and ``atexit`` handlers run at exit.
 
@@ -57,6 +57,9 @@ _SERVER = r"""
 import atexit, json, os, runpy, sys, threading, traceback
 for _name in sys.argv[1].split(","):
     __import__(_name)
+_torch = sys.modules.get("torch")
+# torch seeds its default generator from the OS in a new process (recent releases) or with a fixed seed
+_torch_entropy = _torch is not None and _torch.initial_seed() != 67280421310721
 _inp, _out = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
 _out.write(b"ready\n")
 
@@ -71,6 +74,8 @@ def _child(req):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     import numpy
     numpy.random.seed()  # a new interpreter seeds NumPy's global generator from the OS
+    if _torch_entropy:
+        _torch.seed()  # and torch's default generator, where torch does so at import
     sys.argv = [req["script"]]
     sys.path[0] = os.path.dirname(req["script"])
     code = 0
