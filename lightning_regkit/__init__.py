@@ -14,8 +14,10 @@ from lightning_regkit.callbacks.weight_penalty import WeightPenalty
 from lightning_regkit.compare import Comparison, compare
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import DEFAULT_EXCLUDE, L1, L2, MaxNorm
-from lightning_regkit.rng import capture_rng_state, restore_rng_state
+from lightning_regkit.rng import WorkerRNGDataset, capture_rng_state, restore_rng_state
+from lightning_regkit.sources import SourceSeeds, source_seed
 from lightning_regkit.sweep import MetricSummary, SeedResult, SweepResult, seed_sweep
+from lightning_regkit.variance import VarianceBySource, variance_by_source
 
 __version__ = "0.1.0"
 
@@ -32,8 +34,11 @@ __all__: list[str] = [
     "RegularizedModule",
     "SeedEverything",
     "SeedResult",
+    "SourceSeeds",
     "SweepResult",
+    "VarianceBySource",
     "WeightPenalty",
+    "WorkerRNGDataset",
     "__version__",
     "capture_rng_state",
     "compare",
@@ -41,4 +46,6 @@ __all__: list[str] = [
     "restore_rng_state",
     "schedules",
     "seed_sweep",
+    "source_seed",
+    "variance_by_source",
 ]

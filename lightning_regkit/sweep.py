@@ -349,12 +349,22 @@ class SweepResult:
         Returns:
             The CSV text.
         """
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(self.rows(precise=True))
-        text = buf.getvalue()
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        return write_csv(self.rows(precise=True), path)
+
+
+def write_csv(rows: Iterable[Sequence[object]], path: str | Path | None = None) -> str:
+    r"""The CSV text of ``rows`` (``\n`` line ends), also written to ``path`` if given.
+
+    Example:
+        >>> write_csv([["metric", "mean"], ["acc", 0.5]])
+        'metric,mean\nacc,0.5\n'
+    """
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(rows)
+    text = buf.getvalue()
+    if path is not None:
+        Path(path).write_text(text)
+    return text
 
 
 def _fmt(value: float | None, precise: bool = False) -> str:

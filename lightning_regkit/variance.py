@@ -18,8 +18,6 @@ interact, so per-source variances need not add up to the total. Pure Python; mat
 from __future__ import annotations
 
 import concurrent.futures
-import csv
-import io
 import math
 import multiprocessing.pool
 import numbers
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning_regkit.sources import SOURCES, SourceSeeds, parse_vary
-from lightning_regkit.sweep import SweepResult, seed_sweep
+from lightning_regkit.sweep import SweepResult, seed_sweep, write_csv
 
 __all__ = ["SpreadSummary", "VarianceBySource", "chi2_ppf", "std_interval", "variance_by_source"]
 
@@ -383,12 +381,7 @@ class VarianceBySource:
         Returns:
             The CSV text.
         """
-        buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerows(self.rows(precise=True))
-        text = buf.getvalue()
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+        return write_csv(self.rows(precise=True), path)
 
     def plot(
         self, metrics: Sequence[str] | None = None, ax: Any = None, labels: Sequence[str] | None = None

@@ -34,8 +34,10 @@ from lightning_regkit.compare import compare
 from lightning_regkit.criteria import GL, PQ, UP
 from lightning_regkit.module import RegularizedModule
 from lightning_regkit.penalties import L1, L2, MaxNorm, resolve_penalties
-from lightning_regkit.rng import restore_rng_state
+from lightning_regkit.rng import WorkerRNGDataset, restore_rng_state
+from lightning_regkit.sources import SourceSeeds, source_seed
 from lightning_regkit.sweep import MetricSummary, seed_sweep
+from lightning_regkit.variance import variance_by_source
 
 NAN, INF = math.nan, math.inf
 CASES: list[Any] = []
@@ -237,6 +239,15 @@ def dropout_selection(names: str) -> None:  # empty selection: known when fit st
 bad("DropoutScheduler", dropout_selection, "names", "nope.*", V)
 bad("DropoutScheduler", DropoutScheduler, "names", 3, T, 0.1)
 
+# ---------------------------------------------------------------- seeds per source, worker RNG
+bad("WorkerRNGDataset", WorkerRNGDataset, "dataset", 3, T, _shown="int")
+bad("source_seed", source_seed, "seed", -1, V, source="data")
+bad("source_seed", source_seed, "source", "weights", V, 1)
+bad("SourceSeeds", SourceSeeds, "init", 2**32, V, seed=0, data=0, train=0)
+bad("SourceSeeds", SourceSeeds, "train", "3", T, seed=0, init=0, data=0)
+bad("variance_by_source", variance_by_source, "include_all", "yes", T, dict, [0, 1])
+bad("variance_by_source", variance_by_source, "sources", ["weights"], V, dict, [0, 1])
+
 # ---------------------------------------------------------------- schedules and criteria
 for owner, fn, arg, value, exc, kw in [
     ("Constant", sch.Constant, "value", NAN, V, {}),
@@ -291,7 +302,8 @@ def test_catalogue_covers_every_public_constructor() -> None:
         for name in lightning_regkit.__all__
         if callable(getattr(lightning_regkit, name)) and name not in ("capture_rng_state",)
     }
-    results = {"SeedResult", "SweepResult", "RegkitStoppingReason", "Comparison"}  # built by the kit
+    # built by the kit
+    results = {"SeedResult", "SweepResult", "RegkitStoppingReason", "Comparison", "VarianceBySource"}
     assert exported - results <= owners, exported - results - owners
     kit = {"RegularizedModule", "WeightPenalty", "DropoutScheduler", "L1", "L2", "MaxNorm"}
     schedules = {
