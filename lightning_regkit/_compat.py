@@ -209,3 +209,58 @@ def next_epoch_creates_train_iterator(trainer: Any) -> bool:
 
 
 __all__ += ["next_epoch_creates_train_iterator"]
+
+
+# ----------------------------------------------------------------------------- resuming on older releases
+def tracks_restart_stage(trainer: Any) -> bool:
+    """Whether Lightning tracks where in a batch a checkpoint was written (Lightning >= 2.5).
+
+    Lightning 2.5 added ``RestartStage`` to the training epoch loop: a checkpoint written in
+    ``on_train_batch_end`` has that batch completed on resume, and the validation the checkpoint
+    was written in is not run again. Lightning 2.4 does neither (Lightning issue #14579).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> tracks_restart_stage(NS(fit_loop=NS(epoch_loop=NS())))
+        False
+    """
+    return hasattr(type(trainer.fit_loop.epoch_loop), "restarted_on_train_batch_end")
+
+
+def written_in_train_batch_end(trainer: Any) -> bool:
+    """Whether the checkpoint a fit resumed from was written in ``on_train_batch_end``.
+
+    There the batch is processed but not yet marked completed
+    (``batch_progress.total.completed == processed - 1``; Lightning 2.5's test for
+    ``RESTARTED_ON_TRAIN_BATCH_END``). Meaningful in ``on_train_start`` of a resumed fit, before
+    the epoch loop resets its counters.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> total = NS(processed=6, completed=5)
+        >>> written_in_train_batch_end(NS(fit_loop=NS(epoch_loop=NS(batch_progress=NS(total=total)))))
+        True
+    """
+    total = trainer.fit_loop.epoch_loop.batch_progress.total
+    return int(total.completed) == int(total.processed) - 1
+
+
+__all__ += ["tracks_restart_stage", "written_in_train_batch_end"]
+
+
+def lightning_version(trainer: Any) -> str:
+    """The version of the Lightning package a Trainer comes from (``lightning`` or ``pytorch_lightning``).
+
+    Example:
+        >>> import lightning
+        >>> from lightning.pytorch import Trainer
+        >>> lightning_version(Trainer(logger=False, enable_progress_bar=False)) == lightning.__version__
+        True
+    """
+    import importlib
+
+    package = type(trainer).__module__.split(".", 1)[0]
+    return str(getattr(importlib.import_module(package), "__version__", "unknown"))
+
+
+__all__ += ["lightning_version"]

@@ -39,12 +39,14 @@ from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "KINDS",
+    "TENSOR_P_TRACEABLE",
     "DropTarget",
     "DropoutDriver",
     "describe_dropout_modules",
     "find_dropout_modules",
     "holds_tensor_p",
     "tensor_p_dropout",
+    "uses_torch_compile",
 ]
 
 KINDS = ("dropout", "attention", "stochastic_depth")
@@ -233,14 +235,47 @@ def describe_dropout_modules(
 # ----------------------------------------------------------------------------- changing p without recompiling
 #
 # torch.compile (Dynamo) bakes a float drop probability into the graph as a constant and guards on
-# its value: every new p recompiles, and after ``torch._dynamo.config.recompile_limit`` (8) new
-# values the frame silently runs eagerly. Torch's dropout functionals cannot take a tensor p in a
-# graph either (``F.dropout`` checks ``p < 0.0`` in Python and the kernels take a Python float), so
-# a driven module of one of torch's own classes gets its p as a 0-d float64 tensor, updated in
-# place, and, only while Dynamo traces its forward, a TorchFunctionMode (pushed and popped by the
-# module's forward hooks) routes its dropout call to tensor arithmetic that takes p as a graph
-# input. Eagerly the hooks put the exact Python float back for the duration of the forward, so an
-# eager forward runs torch's own kernels with the same float: bit-identical to plain dropout.
+# its value: every new p recompiles, and after ``torch._dynamo.config.recompile_limit`` (8; named
+# ``cache_size_limit`` up to torch 2.6) new values the frame silently runs eagerly. (Torch 2.4 does
+# not inline torch's own modules: it calls them unguarded, and AOT autograd bakes the first p in.)
+# Torch's dropout functionals cannot take a tensor p in a graph either (``F.dropout`` checks
+# ``p < 0.0`` in Python and the kernels take a Python float), so a driven module of one of torch's
+# own classes gets its p as a 0-d float64 tensor, updated in place, and, only while Dynamo traces
+# its forward, a TorchFunctionMode (pushed and popped by the module's forward hooks) routes its
+# dropout call to tensor arithmetic that takes p as a graph input. Eagerly the hooks put the exact
+# Python float back for the duration of the forward, so an eager forward runs torch's own kernels
+# with the same float: bit-identical to plain dropout.
+# Dynamo traces the mode's entry and exit from torch 2.6 on; torch 2.4 and 2.5 break the graph there
+# and run the driven module eagerly under the mode (still no recompile for a new p):
+# ``TENSOR_P_TRACEABLE`` says which, ``uses_torch_compile`` whether a model is compiled.
+
+TENSOR_P_TRACEABLE: bool = torch.__version__ >= (2, 6)  # type: ignore[operator]
+"""Whether a driven module's tensor-held p compiles into the surrounding graph (torch >= 2.6).
+
+Older Dynamo cannot trace a ``TorchFunctionMode``'s entry and exit: the compiled graph breaks around
+each driven module, which runs eagerly (with the same distribution); a new p still never recompiles.
+"""
+
+
+def uses_torch_compile(model: nn.Module) -> bool:
+    """Whether ``model`` or one of its submodules runs under ``torch.compile``.
+
+    True for a submodule returned by ``torch.compile(module)``, a module compiled in place with
+    ``module.compile()``, and compiled methods kept on a module (``self.forward =
+    torch.compile(self.forward)``, Lightning's handling of a compiled LightningModule).
+
+    Example:
+        >>> net = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.1))
+        >>> uses_torch_compile(net), uses_torch_compile(nn.Sequential(torch.compile(net)))
+        (False, True)
+    """
+    for module in model.modules():
+        if hasattr(module, "_orig_mod") or getattr(module, "_compiled_call_impl", None) is not None:
+            return True
+        if any(hasattr(value, "_torchdynamo_orig_callable") for value in vars(module).values()):
+            return True
+    return False
+
 
 _ALPHA = 1.7580993408473766  # SELU's scale * alpha: ATen's alpha-dropout constant
 
@@ -357,6 +392,9 @@ def _copy_with(fn: Callable[..., Any], **replace: Any) -> Callable[..., Any] | N
         return None
     namespace = dict(fn.__globals__)
     namespace.update(replace)
+    # without the module's name Dynamo resolves the copy's globals in this namespace, not in the
+    # module's (torch 2.5 would guard on the real functional there and fail)
+    namespace.pop("__name__", None)
     copy = types.FunctionType(code, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
     copy.__kwdefaults__ = fn.__kwdefaults__
     return copy
@@ -413,6 +451,9 @@ def _dropout_spec(func: Any) -> tuple[bool, bool, bool, int] | None:
     return None
 
 
+_DROPOUT_PARAMETERS = ("input", "p", "training", "inplace")
+
+
 class _TensorPMode(TorchFunctionMode):
     """Pushed only while Dynamo traces a driven module's forward: its dropout takes p as a graph input."""
 
@@ -427,7 +468,8 @@ class _TensorPMode(TorchFunctionMode):
         spec = _dropout_spec(func)
         if spec is not None:
             feature, alpha, default_training, unbatched_dim = spec
-            bound = dict(zip(("input", "p", "training", "inplace"), args, strict=False))
+            # equal lengths: Dynamo of torch 2.6 cannot trace a zip of sequences of different lengths
+            bound = dict(zip(_DROPOUT_PARAMETERS[: len(args)], args, strict=True))
             bound.update(kwargs)
             p = bound.get("p", 0.5)
             if isinstance(p, Tensor):
@@ -444,7 +486,7 @@ class _TensorPMode(TorchFunctionMode):
                     out = out.squeeze_(0) if inplace else out.squeeze(0)
                 return out
         elif func is F.multi_head_attention_forward and _MHA_COPY is not None:
-            bound = dict(zip(_MHA_PARAMETERS, args, strict=False))
+            bound = dict(zip(_MHA_PARAMETERS[: len(args)], args, strict=True))
             bound.update(kwargs)
             p = bound.get("dropout_p")
             if isinstance(p, Tensor):
@@ -486,7 +528,9 @@ class DropoutDriver:
     formatting), and a compiled graph takes it as an input, so a new p never recompiles. Forward
     hooks give the module the exact Python float while it runs eagerly (bit-identical to plain
     dropout, same random draws), and, while Dynamo traces it, route its dropout to
-    :func:`tensor_p_dropout` (attention dropout: the reference attention maths). Other modules
+    :func:`tensor_p_dropout` (attention dropout: the reference attention maths). Before torch
+    2.6 (:data:`TENSOR_P_TRACEABLE` is False) Dynamo breaks the compiled graph around such a
+    module and runs it eagerly instead; a new p still never recompiles. Other modules
     (stochastic depth, registered custom types, subclasses) get a Python float: eager use is
     unchanged, and a compiled graph recompiles when their p changes.
 

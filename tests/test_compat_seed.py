@@ -129,3 +129,54 @@ def test_set_torch_flags_is_lightnings_deterministic_switch(
     assert torch.is_deterministic_algorithms_warn_only_enabled() is warn_only
     if value:
         assert torch.backends.cudnn.benchmark is False
+
+
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_restart_stage_and_where_a_checkpoint_was_written(namespace: str, tmp_path: Any) -> None:
+    """Lightning >= 2.5 completes a batch checkpointed in on_train_batch_end on resume; 2.4 lags one."""
+    from packaging.version import Version
+
+    pl = importlib.import_module(namespace)
+    checkpoint_cls = importlib.import_module(f"{namespace}.callbacks").ModelCheckpoint
+    package = importlib.import_module(namespace.split(".")[0])
+
+    class Probe(pl.Callback):  # type: ignore[misc,name-defined]
+        def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+            self.at_start = (
+                _compat.tracks_restart_stage(trainer),
+                _compat.written_in_train_batch_end(trainer),
+                _compat.lightning_version(trainer),
+            )
+            self.batch_idx: list[int] = []
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.batch_idx.append(batch_idx)
+
+    class Model(ClassifierSteps, pl.LightningModule):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            super().__init__()
+            self.net, self.lr, self.optimizer_name = TinyMLP(), 0.1, "sgd"
+
+    def fit(ckpt_path: Any = None, save: bool = False) -> Probe:
+        probe = Probe()
+        callbacks: list[Any] = [probe]
+        if save:
+            callbacks.append(
+                checkpoint_cls(tmp_path / "steps", filename="{step}", every_n_train_steps=2, save_top_k=-1)
+            )
+        epochs = 1 if save else 2  # the checkpoint written after the fit resumes into a second epoch
+        args = dict(max_epochs=epochs, limit_val_batches=0, callbacks=callbacks, enable_checkpointing=save)
+        trainer = pl.Trainer(**trainer_kwargs(tmp_path, **args))
+        data = SyntheticDataModule()
+        data.setup()
+        trainer.fit(Model(), DataLoader(data.train_set, batch_size=16), ckpt_path=ckpt_path)
+        if save:
+            trainer.save_checkpoint(tmp_path / "after_fit.ckpt")  # written outside any batch
+        return probe
+
+    tracks = Version(package.__version__) >= Version("2.5")
+    assert fit(save=True).at_start == (tracks, False, package.__version__)
+    mid = fit(tmp_path / "steps" / "step=2.ckpt")  # in on_train_batch_end of batch 1 (0-based) of 4
+    assert mid.at_start == (tracks, True, package.__version__)
+    assert mid.batch_idx[0] == (2 if tracks else 1)  # Lightning 2.4 counts batch 1 as not done
+    assert fit(tmp_path / "after_fit.ckpt").at_start == (tracks, False, package.__version__)

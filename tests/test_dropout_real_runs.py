@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,8 +38,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import Tensor, nn
 from torch._dynamo.utils import counters
 
+from lightning_regkit import dropout as dropout_module
 from lightning_regkit.callbacks.dropout import DropoutScheduler
-from lightning_regkit.dropout import DropoutDriver, find_dropout_modules, tensor_p_dropout
+from lightning_regkit.dropout import TENSOR_P_TRACEABLE, DropoutDriver, find_dropout_modules, tensor_p_dropout
 from lightning_regkit.schedules import Constant, Linear
 
 _ALPHA = 1.7580993408473766  # SELU's scale * alpha (ATen's alpha dropout)
@@ -270,8 +272,22 @@ def drive(model: nn.Module) -> list[DropoutDriver]:
     return drivers
 
 
+def recompile_limit() -> int:
+    """Dynamo's limit on compilations per frame: ``recompile_limit`` (``cache_size_limit`` up to 2.6)."""
+    config = torch._dynamo.config
+    return int(getattr(config, "recompile_limit", None) or config.cache_size_limit)
+
+
+OLD_DYNAMO = (
+    f"torch {torch.__version__} < 2.6: Dynamo cannot trace the TorchFunctionMode that routes a tensor p"
+    " into the graph; it breaks the graph around each driven module instead (tested on that side)"
+)
+NEW_DYNAMO = "torch >= 2.6 compiles a tensor p into one graph (tested on that side)"
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:dropout2d. Received a 3D input")
+@pytest.mark.skipif(not TENSOR_P_TRACEABLE, reason=OLD_DYNAMO)
 def test_new_p_does_not_recompile() -> None:
     torch._dynamo.reset()
     counters.clear()
@@ -297,6 +313,78 @@ def test_new_p_does_not_recompile() -> None:
     assert backend.p_inputs == [[p] * 11 for p in values]
 
 
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:dropout2d. Received a 3D input")
+@pytest.mark.skipif(TENSOR_P_TRACEABLE, reason=NEW_DYNAMO)
+def test_before_torch_2_6_a_new_p_breaks_the_graph_but_never_recompiles() -> None:
+    """The other side: graph breaks at the mode, the same graphs for 2 values as for 12, no compile error."""
+    graphs, breaks = {}, {}
+    for n in (2, 12):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(0)
+        model = Stack()
+        drivers = drive(model)
+        assert all(driver.tensor is not None for driver in drivers)
+        backend = CountingBackend()
+        compiled = torch.compile(model, backend=backend)
+        x = torch.randn(2, 4, 8, requires_grad=True)
+        for i in range(n):
+            for driver in drivers:
+                driver.set(0.04 * (i + 1))
+            compiled(x).sum().backward()
+        graphs[n], breaks[n] = backend.graphs, dict(counters["graph_break"])
+    assert graphs[2] == graphs[12] > 1, graphs
+    assert breaks[2] == breaks[12]
+    assert any("TorchFunctionMode" in reason for reason in breaks[12]), breaks[12]  # the cause, as documented
+
+
+@pytest.mark.parametrize("driven", [True, False], ids=["kit", "plain-float"])
+@pytest.mark.parametrize("kind", ["Dropout", "MultiheadAttention"])
+def test_compiled_dropout_drops_at_each_scheduled_p(kind: str, driven: bool) -> None:
+    """Both sides of torch 2.6, through AOT autograd (as Inductor): the fraction dropped is each new p.
+
+    With the kit, one compilation serves every p. The control writes plain floats: torch >= 2.5
+    recompiles for each value; torch 2.4 records a built-in module as one unguarded call, so AOT
+    autograd bakes the first p in and later values are silently ignored.
+    """
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    if kind == "Dropout":
+        module: nn.Module = nn.Dropout(0.1)
+        x = torch.ones(64, 2000)
+    else:
+        module = nn.MultiheadAttention(8, 1, dropout=0.1, batch_first=True, bias=False)
+        x = torch.randn(16, 64, 8)
+    drivers = drive(module) if driven else []
+    [target] = find_dropout_modules(module)
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(module, backend=counter)
+    dropped, compilations = [], []
+    for p in (0.1, 0.5, 0.8):
+        for driver in drivers:
+            driver.set(p)
+        if not driven:
+            target.set(p)
+        if kind == "Dropout":
+            dropped.append(float((compiled(x) == 0).float().mean()))
+        else:  # attention weights, as returned (after the dropout): a dropped weight is exactly 0
+            weights = compiled(x, x, x, need_weights=True, average_attn_weights=False)[1]
+            dropped.append(float((weights == 0).float().mean()))
+        compilations.append(counter.frame_count)
+    if driven or torch._dynamo.config.inline_inbuilt_nn_modules:
+        assert dropped == pytest.approx([0.1, 0.5, 0.8], abs=0.02)
+    else:  # torch 2.4, plain floats: the first p, baked in
+        assert dropped == pytest.approx([0.1, 0.1, 0.1], abs=0.02)
+    if driven or not torch._dynamo.config.inline_inbuilt_nn_modules:
+        # the kit, whichever the torch version: nothing compiled after the first value
+        assert compilations[0] == compilations[-1] > 0, compilations
+    else:
+        assert compilations[0] < compilations[1] < compilations[2], compilations  # one more per value
+
+
 @pytest.mark.parametrize("kind", ["Dropout", "MultiheadAttention"])
 def test_control_float_p_recompiles(kind: str) -> None:
     """The counting above can fail: the same loop writing floats compiles once per value (up to the limit)."""
@@ -309,9 +397,13 @@ def test_control_float_p_recompiles(kind: str) -> None:
         [target] = find_dropout_modules(module)
         target.set(0.04 * (i + 1))
         compiled(x) if kind == "Dropout" else compiled(x, x, x, need_weights=False)
-    assert backend.graphs == torch._dynamo.config.recompile_limit == 8
+    if torch._dynamo.config.inline_inbuilt_nn_modules:
+        assert backend.graphs == recompile_limit() == 8
+    else:  # torch 2.4: a built-in module is one unguarded call (see the test above): nothing recompiles
+        assert backend.graphs == 1
 
 
+@pytest.mark.skipif(not TENSOR_P_TRACEABLE, reason=OLD_DYNAMO)
 def test_compiled_model_inside_lightning_module_fit(tmp_path: Path) -> None:
     torch._dynamo.reset()
     counters.clear()
@@ -330,6 +422,48 @@ def test_compiled_model_inside_lightning_module_fit(tmp_path: Path) -> None:
     assert type(net.drop.p) is float and net.drop.p == 0.1
     assert type(net.attn.dropout) is float and net.attn.dropout == 0.1
     assert type(net.encoder.self_attn.dropout) is float
+
+
+@pytest.mark.skipif(TENSOR_P_TRACEABLE, reason=NEW_DYNAMO)
+def test_before_torch_2_6_a_compiled_fit_warns_and_never_recompiles(tmp_path: Path) -> None:
+    graphs = {}
+    for name, schedule in (("constant", Constant(0.2)), ("linear", Linear(0.0, 0.4))):
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        net = TinyTransformer(p=0.1)
+        backend = CountingBackend()
+        model = LitClassifier(torch.compile(net, backend=backend))  # type: ignore[arg-type]
+        expected = r"torch 2\.[45]\S* cannot compile the tensor-held p of the 6 driven"
+        with pytest.warns(UserWarning, match=expected):
+            fit(model, [DropoutScheduler(schedule)], tmp_path, max_epochs=3)
+        graphs[name] = backend.graphs
+    assert graphs["linear"] == graphs["constant"], graphs  # 12 values of p: no more graphs than 1 value
+    assert type(net.drop.p) is float and net.drop.p == 0.1
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+@pytest.mark.parametrize("compiled", [True, False])
+def test_warning_for_torch_before_2_6_only_when_the_model_is_compiled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, traceable: bool, compiled: bool
+) -> None:
+    """Both sides on any torch: the warning depends on the version gate and on the model being compiled."""
+    monkeypatch.setattr(dropout_module, "TENSOR_P_TRACEABLE", traceable)
+    torch._dynamo.reset()
+    net: nn.Module = nn.Sequential(nn.Linear(8, 8), nn.Dropout(0.1), nn.Linear(8, 3))
+    model = LitClassifier(torch.compile(net, backend="eager") if compiled else net)  # type: ignore[arg-type]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(model, [DropoutScheduler(Linear(0.0, 0.2))], tmp_path, max_steps=2)
+    messages = [str(w.message) for w in caught if "cannot compile the tensor-held p" in str(w.message)]
+    if compiled and not traceable:
+        assert messages == [
+            f"DropoutScheduler: torch {torch.__version__} cannot compile the tensor-held p of the 1 driven"
+            " module(s) (net._orig_mod.1) into the model's graph (torch >= 2.6 can): torch.compile breaks"
+            " the graph around each of them and runs them eagerly. A new p still never recompiles; for one"
+            " graph, use torch>=2.6"
+        ]
+    else:
+        assert messages == []
 
 
 MODULES: dict[str, tuple[Callable[[], nn.Module], Callable[[Tensor], Any]]] = {

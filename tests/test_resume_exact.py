@@ -26,14 +26,24 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import lightning
 import pytest
 import torch
 from helpers import assert_tree_equal, max_abs_diff, run_python
+from packaging.version import Version
 
 pytest.importorskip("torchdata.stateful_dataloader")
 
+#: Lightning 2.5 resumes its loop counters where a checkpoint was written (RestartStage, Lightning
+#: issue #14579); older releases run a validation again after a validation-end resume and count a
+#: batch checkpointed in on_train_batch_end as not yet done. SeedEverything restores the RNG states
+#: again after such a validation (weights exact) and warns about what stays inexact.
+OLD_LIGHTNING = Version(lightning.__version__) < Version("2.5")
+AGAIN = "ran a validation after resuming, before any training batch"
+BEHIND = "from a checkpoint written in on_train_batch_end"
+
 SCRIPT = r'''
-import csv, json, os, signal, sys
+import csv, json, os, signal, sys, warnings
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -103,13 +113,16 @@ def run(name, out, kit=True, ckpt_path=None, save=True, kill=False):
     logger = CSVLogger(out, name="logs", version="v")
     trainer = pl.Trainer(**trainer_kwargs(out, callbacks=callbacks, logger=logger, enable_checkpointing=save,
                                           **trainer_args))
-    trainer.fit(model, Data(stateful, workers, augment, wrap), ckpt_path=ckpt_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(model, Data(stateful, workers, augment, wrap), ckpt_path=ckpt_path)
     with open(f"{out}/logs/v/metrics.csv") as f:
         rows = list(csv.DictReader(f))
     result = {"weights": weights_of(model), "optimizer": trainer.optimizers[0].state_dict()}
     torch.save(result, f"{out}/result.pt")
-    json.dump({"start": start.at, "stop": [trainer.current_epoch, trainer.global_step], "rows": rows},
-              open(f"{out}/result.json", "w"))
+    warned = [str(w.message) for w in caught if str(w.message).startswith("SeedEverything")]
+    json.dump({"start": start.at, "stop": [trainer.current_epoch, trainer.global_step], "rows": rows,
+               "warnings": warned}, open(f"{out}/result.json", "w"))
 
 # resumes: (scenario, checkpoint file, kit)
 RESUMES = [
@@ -201,6 +214,7 @@ def _assert_exact(
     stop: list[int],
     resumed_out: str | None = None,
     mid_epoch: bool = False,
+    old_lightning_warns: tuple[str, ...] = (),
 ) -> None:
     resumed_out = resumed_out or f"resumed/{name}-{ckpt}-kit"
     diff, results, infos = _compare(root, name, resumed_out)
@@ -214,6 +228,29 @@ def _assert_exact(
     assert diff == 0.0
     assert_tree_equal(results["full"]["optimizer"], results["resumed"]["optimizer"])
     assert infos["resumed"]["stop"] == infos["full"]["stop"] == stop
+    warned = infos["resumed"]["warnings"]
+    if OLD_LIGHTNING:
+        # what stays inexact is said at run time, naming the Lightning version
+        assert sorted(what for what in (AGAIN, BEHIND) if any(what in w for w in warned)) == sorted(
+            old_lightning_warns
+        ), warned
+        assert all(f"Lightning {lightning.__version__}" in w for w in warned), warned
+        pytest.skip(
+            f"Lightning {lightning.__version__} < 2.5 (issue #14579, fixed in 2.5.0): "
+            + (
+                "the logger's step after a checkpoint written in on_train_batch_end is one batch behind"
+                if BEHIND in old_lightning_warns
+                else ""
+            )
+            + (" and " if len(old_lightning_warns) == 2 else "")
+            + (
+                "a validation runs again right after the resume and logs other metrics"
+                if AGAIN in old_lightning_warns
+                else ""
+            )
+            + "; weights, optimizer state and stop (epoch, step) were checked exact, and warned about"
+        )
+    assert warned == []  # an exact resume warns about nothing
     # every value logged from the resume point on is the uninterrupted run's, bit for bit
     full_rows = {
         (r["step"], r["epoch"], k): v for r in infos["full"]["rows"] for k, v in r.items() if v != ""
@@ -261,7 +298,7 @@ def test_validation_end_checkpoint_resumes_exactly(
     assert (
         state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == start[0]
     )  # epoch not yet done
-    _assert_exact(runs, name, ckpt, start, stop)
+    _assert_exact(runs, name, ckpt, start, stop, old_lightning_warns=(AGAIN,))
 
 
 @pytest.mark.slow
@@ -270,7 +307,11 @@ def test_mid_epoch_checkpoint_with_stateful_loader_resumes_exactly(runs: Path, n
     state = torch.load(runs / "full" / name / "ckpt" / f"step={step}.ckpt", weights_only=True)
     assert state["callbacks"]["SeedEverything"]["position"] == "mid_epoch"
     assert state["loops"]["fit_loop"]["state_dict"]["combined_loader"]  # the loader's own state is saved
-    _assert_exact(runs, name, f"step={step}", [1, step], [2, 8], mid_epoch=True)
+    # Lightning < 2.5 also runs a validation before the batch after a checkpoint at an epoch's first batch
+    again = (AGAIN,) if step == 5 else ()
+    _assert_exact(
+        runs, name, f"step={step}", [1, step], [2, 8], mid_epoch=True, old_lightning_warns=(BEHIND, *again)
+    )
 
 
 @pytest.mark.slow
@@ -281,7 +322,14 @@ def test_killed_mid_epoch_resumes_exactly_from_its_last_checkpoint(runs: Path) -
     assert not (runs / "killed" / "result.pt").exists()
     assert (runs / "killed" / "ckpt" / "step=6.ckpt").is_file()
     _assert_exact(
-        runs, "stateful_2_workers_aug", "step=6", [1, 6], [2, 8], resumed_out="resumed/killed", mid_epoch=True
+        runs,
+        "stateful_2_workers_aug",
+        "step=6",
+        [1, 6],
+        [2, 8],
+        resumed_out="resumed/killed",
+        mid_epoch=True,
+        old_lightning_warns=(BEHIND,),
     )
 
 

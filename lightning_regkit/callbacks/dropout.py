@@ -7,10 +7,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
+from lightning_regkit import dropout as _dropout
 from lightning_regkit._compat import should_update_logs
 from lightning_regkit.clock import Interval, TrainingClock
 from lightning_regkit.dropout import (
@@ -150,6 +152,8 @@ class DropoutScheduler(Callback):
     is updated in place (see :class:`~lightning_regkit.dropout.DropoutDriver`), so a compiled
     model is traced once, not once per value; it reads like a number (``float(module.p)``).
     Eagerly the module runs with the exact float: the same output as plain dropout with that p.
+    Before torch 2.6 the compiled graph breaks around each such module instead (warned at fit
+    start when the model is compiled); a new p still never recompiles.
     At the end of ``fit`` every attribute gets a plain number back (its original value and type
     with ``restore=True``).
 
@@ -352,6 +356,15 @@ class DropoutScheduler(Callback):
         for driver in self._drivers:
             driver.attach()
         self._active = True
+        held = [d.target.name for d in self._drivers if d.tensor is not None]
+        if held and not _dropout.TENSOR_P_TRACEABLE and _dropout.uses_torch_compile(pl_module):
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            rank_zero_warn(
+                f"{owner}: torch {torch.__version__} cannot compile the tensor-held p of the {len(held)}"
+                f" driven module(s) ({shown}) into the model's graph (torch >= 2.6 can): torch.compile breaks"
+                " the graph around each of them and runs them eagerly. A new p still never recompiles; for"
+                " one graph, use torch>=2.6"
+            )
 
     @property
     def _total(self) -> int | None:

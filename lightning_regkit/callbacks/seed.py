@@ -376,6 +376,9 @@ class SeedEverything(Callback):
         self._next_seed: int | None = None  # fixed by seed_now() for the next stage's setup
         self._seed_trainer: weakref.ReferenceType[pl.Trainer] | None = None  # whose stages share self.seed
         self._pending: dict[str, Any] | None = None
+        # the RNG state restored on resume, kept until the first training batch: restored again at the end
+        # of a validation Lightning runs before it (Lightning < 2.5 repeats the checkpoint's validation)
+        self._restore_after_validation: dict[str, Any] | None = None
         self._trainer: pl.Trainer | None = None
 
     # ------------------------------------------------------------------ seeding
@@ -458,6 +461,7 @@ class SeedEverything(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._trainer = trainer
         self._pending = None  # RNG states come only from this stage's checkpoint (loaded after setup)
+        self._restore_after_validation = None
         self._warn_if_other_thread_runs()
         self._apply_determinism(trainer)
         self.world_size = trainer.world_size
@@ -508,6 +512,7 @@ class SeedEverything(Callback):
         with _ACTIVE_LOCK:
             _ACTIVE.pop(id(self), None)
         self._pending = None
+        self._restore_after_validation = None
 
     @override
     def on_exception(
@@ -655,7 +660,8 @@ class SeedEverything(Callback):
                 f"{trainer.world_size}; ranks without their own state reuse rank 0's, so the resume is not"
                 " exact"
             )
-        restore_rng_state(states[rank] if rank < len(states) else states[0])
+        state = states[rank] if rank < len(states) else states[0]
+        restore_rng_state(state)
         if pending.get("seed") is not None:  # the resumed run continues the recorded seed: record it
             for logger in trainer.loggers:
                 logger.log_hyperparams(self.seed_record())
@@ -669,9 +675,27 @@ class SeedEverything(Callback):
                 " where the uninterrupted run's workers were; shuffling and everything drawn in the main"
                 " process resume exactly. Use persistent_workers=False for an exact resume of worker draws"
             )
-        for gen, state in zip(gens, saved_gens, strict=False):
-            gen.set_state(state)
+        for gen, gen_state in zip(gens, saved_gens, strict=False):
+            gen.set_state(gen_state)
         position = _position(pending)
+        old_restart = not _compat.tracks_restart_stage(trainer)
+        if position == "validation_end" or (position == "mid_epoch" and old_restart):
+            # Lightning < 2.5 runs the validation the checkpoint was written in again before training goes
+            # on (and, after a checkpoint at an epoch's first batch, one the uninterrupted run did not run):
+            # its draws (the validation iterator's seed) are not the uninterrupted run's, so the states are
+            # restored again at its end
+            self._restore_after_validation = state
+        if old_restart and _compat.written_in_train_batch_end(trainer):
+            rank_zero_warn(
+                f"{_OWNER}: resuming on Lightning {_compat.lightning_version(trainer)} from a checkpoint"
+                " written in on_train_batch_end (e.g. ModelCheckpoint(every_n_train_steps=...)): Lightning"
+                " < 2.5 counts that batch as not yet completed (Lightning issue #14579, fixed in 2.5.0), so"
+                " after the resume batch_idx, the logger's step and the val_check_interval positions are one"
+                " batch behind the uninterrupted run and the epoch expects one batch more than its data holds"
+                " (with a plain DataLoader at the epoch's last batch, one more batch is trained). The RNG"
+                " states are restored, but this resume is not bit-identical: use lightning>=2.5, or resume"
+                " from a checkpoint written at an epoch or validation end"
+            )
         if position == "mid_epoch":
             if not all(_is_stateful_loader(dl) for dl in loaders):
                 rank_zero_warn(
@@ -706,6 +730,10 @@ class SeedEverything(Callback):
             # the epoch processed: Lightning finishes that epoch after the resume (on_train_epoch_end) and
             # creates the next epoch's iterator itself, from the states just restored.
             return
+        if _compat.next_epoch_creates_train_iterator(trainer):
+            # Written at on_train_epoch_end, and Lightning < 2.6 creates the next epoch's iterator itself when
+            # its batches start, from the states just restored, as the uninterrupted run does
+            return
         # Written at on_train_epoch_end or at the last training batch: Lightning goes on with the iterator
         # it built before the states were restored. Re-create it, as the uninterrupted run does at the start
         # of each epoch: the shuffle seed and workers' base seed repeat. The sampler's epoch first:
@@ -715,6 +743,31 @@ class SeedEverything(Callback):
         for dl in loaders:
             _compat.set_sampler_epoch(dl, processed)
         _compat.recreate_train_iterator(trainer)
+
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._restore_after_validation = None  # training went on: no validation ran again before it
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        state = self._restore_after_validation
+        if state is None or trainer.sanity_checking:
+            return
+        self._restore_after_validation = None
+        # a validation Lightning < 2.5 ran after the resume, before any training batch: the uninterrupted
+        # run went on from the states the checkpoint holds, so does this one
+        restore_rng_state(state)
+        rank_zero_warn(
+            f"{_OWNER}: Lightning {_compat.lightning_version(trainer)} ran a validation after resuming,"
+            " before any training batch (Lightning < 2.5 runs again, in part, the validation a checkpoint"
+            " was written in, and one after a checkpoint written at an epoch's first batch; fixed in 2.5.0):"
+            " the metrics it logged are not the uninterrupted run's, and callbacks that act on validation"
+            " results (EarlyStopping, ModelCheckpoint) saw one validation more. The RNG states were restored"
+            " again after it, so the weights go on as in the uninterrupted run; use lightning>=2.5 for an"
+            " exact resume of the logged values"
+        )
 
     # ------------------------------------------------------------------ checkpoint
     @override
