@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,32 @@ def test_early_stopping_private_names_and_hook_calls(tmp_path: Path, namespace: 
         trainer.fit(Model())
         # one check per epoch, from the hook that _check_on_train_epoch_end selects
         assert checks == [(on_train_epoch_end, 0), (on_train_epoch_end, 1)]
+
+
+# ----------------------------------------------------------------------------- supported versions
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_lowest_job_pins_the_lower_bounds() -> None:
+    """The CI job that tests the lowest versions installs exactly pyproject's lower bounds."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    block = pyproject.split("dependencies = [", 1)[1].split("]", 1)[0]
+    bounds = {}
+    for line in re.findall(r'"([^"]+)"', block):
+        req = Requirement(line)
+        [spec] = [s for s in req.specifier if s.operator == ">="]
+        bounds[req.name] = Version(spec.version)
+    workflow = (ROOT / ".github" / "workflows" / "ci.yml").read_text()
+    pins = {name: Version(v) for name, v in re.findall(r"^\s+([a-z-]+)==([0-9.]+)\s*$", workflow, re.M)}
+    assert set(bounds) == {"torch", "lightning", "torchmetrics", "numpy"}
+    assert set(pins) == {*bounds, "pytorch-lightning"}
+    for name, bound in bounds.items():
+        # the pin is a release of the bound's series: torch>=2.4 -> torch==2.4.x
+        assert pins[name].release[: len(bound.release)] == bound.release, (name, pins[name], bound)
+    assert pins["pytorch-lightning"] == pins["lightning"]  # both namespaces from one release
 
 
 @pytest.mark.parametrize("namespace", ["lightning.pytorch", "pytorch_lightning"])
