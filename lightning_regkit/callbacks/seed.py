@@ -32,6 +32,12 @@ created, so what happens next depends on where the checkpoint was written:
   the callback only restores the states;
 - mid-epoch: only a stateful dataloader (torchdata's ``StatefulDataLoader``) continues where the
   checkpoint was written; the callback restores the states (and warns for a plain ``DataLoader``).
+
+Lightning < 2.5 (Lightning 2.4) creates the first iterator after an epoch-end resume itself (the
+callback then leaves it be), runs the validation a validation-end checkpoint was written in again
+after the resume (the callback restores the states once more at its end: the weights stay exact,
+that validation's logged metrics do not), and resumes its batch counters one batch behind after a
+checkpoint written in ``on_train_batch_end``. Both are warned about, naming the Lightning version.
 """
 
 from __future__ import annotations
@@ -268,7 +274,9 @@ class SeedEverything(Callback):
     the dataset in :class:`~lightning_regkit.rng.WorkerRNGDataset`). Limits, each warned about when
     it applies: a plain ``DataLoader`` restarts its epoch after a mid-epoch checkpoint; random draws
     made inside persistent worker processes (``persistent_workers=True``) continue from fresh
-    worker seeds after resume. See ``docs/reproducibility.md`` for the measured figures.
+    worker seeds after resume; on Lightning < 2.5 a validation-end resume logs the metrics of a
+    repeated validation and a mid-epoch resume logs its steps one behind (the weights are exact).
+    See ``docs/reproducibility.md`` for the measured figures.
 
     A drawn seed (``seed=None``) is drawn once per Trainer and used for all its stages; a callback
     reused with another Trainer starts from its arguments again: nothing of a previous fit carries
