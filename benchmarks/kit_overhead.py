@@ -21,7 +21,9 @@ per repeat too. The ratio is
 of 10th percentiles (the steps least disturbed by other processes on a shared machine) are printed
 too. Target: <= 1.05.
 
-Run: ``python benchmarks/kit_overhead.py [repeats] [steps]`` (about a minute with the defaults).
+Run: ``python benchmarks/kit_overhead.py [repeats] [steps]`` (about a minute with the defaults);
+``--quick`` is a smoke run (the test suite's): one repeat of one epoch and a step (so that validation
+and the epoch-end work run too), without the warm-up fits, so its first fits pay the warm-up costs.
 """
 
 from __future__ import annotations
@@ -158,10 +160,13 @@ def run(kit: bool, steps: int) -> tuple[list[float], float]:
 
 
 def main() -> None:
-    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 6
-    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3 * STEPS_PER_EPOCH  # whole epochs
-    run(False, STEPS_PER_EPOCH)  # warm-up: imports, allocator, thread pool
-    run(True, STEPS_PER_EPOCH)
+    quick = "--quick" in sys.argv[1:]
+    args = [a for a in sys.argv[1:] if a != "--quick"]
+    repeats = 1 if quick else int(args[0]) if args else 6
+    steps = STEPS_PER_EPOCH + 1 if quick else int(args[1]) if len(args) > 1 else 3 * STEPS_PER_EPOCH
+    if not quick:
+        run(False, STEPS_PER_EPOCH)  # warm-up: imports, allocator, thread pool
+        run(True, STEPS_PER_EPOCH)
     times: dict[bool, list[float]] = {False: [], True: []}
     per_repeat: list[float] = []
     fit_ratios: list[float] = []
@@ -178,6 +183,7 @@ def main() -> None:
     print(
         f"kit_overhead: transformer classifier ({params} parameters), batch {BATCH}x{SEQ}, "
         f"{repeats} interleaved repeats x {steps} steps, 1 CPU thread"
+        + (" (--quick: a smoke run, no warm-up)" if quick else "")
     )
     print(f"step time median: kit off {off * 1e3:.2f} ms, kit on {on * 1e3:.2f} ms")
     print(

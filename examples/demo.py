@@ -123,11 +123,13 @@ def run(
     out: Path,
     progress: bool = True,
     sources: Mapping[str, int] | None = None,
+    hidden: int = HIDDEN,
 ) -> RunResult:
     """Train one run and evaluate it on the validation and test sets.
 
     ``sources``: seed both runs with ``SeedEverything(**sources)`` (one seed per source of
-    randomness, as a ``seed_sweep(vary=...)`` hands them out) instead of ``seed``.
+    randomness, as a ``seed_sweep(vary=...)`` hands them out) instead of ``seed``. ``hidden``: the
+    width of the MLP's two hidden layers.
     """
     dm = DigitsDataModule(batch_size=BATCH_SIZE, train_fraction=TRAIN_FRACTION)
     history = History()
@@ -140,16 +142,16 @@ def run(
         seeder = SeedEverything(seed)
     if kit:
         seeder.seed_now()  # before building the model: its initial weights repeat too
-        model: pl.LightningModule = RegularizedDigitsClassifier(hidden=HIDDEN, lr=LR, l2=L2)
+        model: pl.LightningModule = RegularizedDigitsClassifier(hidden=hidden, lr=LR, l2=L2)
         early = EarlyStopping("val_loss", patience=PATIENCE, restore_best_weights=True)
         callbacks = [seeder, DropoutScheduler(DROPOUT, interval="step"), early, history]
     elif sources is not None:  # the baseline in a sweep by source: seeded by source, nothing else added
         seeder.seed_now()
-        model = DigitsClassifier(hidden=HIDDEN, lr=LR)
+        model = DigitsClassifier(hidden=hidden, lr=LR)
         callbacks = [seeder, history]
     else:
         pl.seed_everything(seed, verbose=False)
-        model = DigitsClassifier(hidden=HIDDEN, lr=LR)
+        model = DigitsClassifier(hidden=hidden, lr=LR)
     trainer = _trainer(epochs, out, callbacks, progress)
     t0 = time.perf_counter()
     trainer.fit(model, datamodule=dm)
@@ -271,21 +273,25 @@ def plot(baseline: RunResult, kit: RunResult, path: Path) -> Path:
 BASELINE_METRIC, KIT_METRIC = "baseline test acc", "kit test acc"
 
 
-def variance_run(epochs: int, out: str, seeds: SourceSeeds) -> dict[str, float]:
+def variance_run(epochs: int, out: str, seeds: SourceSeeds, hidden: int = HIDDEN) -> dict[str, float]:
     """One sweep run (module level: process pools pickle it): baseline and kit with the same seeds."""
     torch.set_num_threads(1)
     return {
-        metric: run(metric.split()[0], kit, 0, epochs, Path(out), progress=False, sources=seeds).test_acc
+        metric: run(
+            metric.split()[0], kit, 0, epochs, Path(out), progress=False, sources=seeds, hidden=hidden
+        ).test_acc
         for metric, kit in ((BASELINE_METRIC, False), (KIT_METRIC, True))
     }
 
 
 def variance_study(
-    seeds: list[int], epochs: int, workers: int, out: Path
+    seeds: list[int], epochs: int, workers: int, out: Path, hidden: int = HIDDEN
 ) -> tuple[VarianceBySource, dict[str, Comparison]]:
     """One sweep per source and one with all varying; ``P(kit > baseline)`` in each, paired by seed."""
-    train_fn = functools.partial(variance_run, epochs, str(out / "runs"))
-    results = out / f"variance-sweeps-{epochs}-epochs"  # resumed from on a second call with these settings
+    train_fn = functools.partial(variance_run, epochs, str(out / "runs"), hidden=hidden)
+    # resumed from on a second call with these settings
+    width = "" if hidden == HIDDEN else f"-{hidden}-wide"
+    results = out / f"variance-sweeps-{epochs}-epochs{width}"
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             table = variance_by_source(train_fn, seeds, map=pool, results=results)
@@ -367,10 +373,10 @@ def main_variance(args: argparse.Namespace) -> int:
     """``--variance``: the sweeps by source, the table, P(kit > baseline), the figure."""
     seeds = list(range(1, args.variance_seeds + 1))
     t0 = time.perf_counter()
-    table, comparisons = variance_study(seeds, args.variance_epochs, args.workers, args.out)
+    table, comparisons = variance_study(seeds, args.variance_epochs, args.workers, args.out, args.hidden)
     print(
-        f"\nDigits MLP 64-{HIDDEN}-{HIDDEN}-10, {TRAIN_FRACTION:.0%} of the data for training (a fixed"
-        f" split), {args.variance_epochs} epochs."
+        f"\nDigits MLP 64-{args.hidden}-{args.hidden}-10, {TRAIN_FRACTION:.0%} of the data for training"
+        f" (a fixed split), {args.variance_epochs} epochs."
     )
     print(
         "Baseline: plain model; kit: L2, curriculum dropout, early stopping with best weights. Both seeded"
@@ -443,12 +449,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--workers", type=int, default=2, help="processes that run the --variance sweeps (1: in this process)"
     )
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=HIDDEN,
+        help="width of the MLP's two hidden layers (smaller: a quicker run that shows less overfitting)",
+    )
     parser.add_argument("--out", type=Path, default=Path("outputs/demo"), help="folder for demo.png")
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bars")
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error(f"--epochs must be >= 1, got {args.epochs}")
-    for option, low in (("variance_seeds", 2), ("variance_epochs", 1), ("workers", 1)):
+    for option, low in (("variance_seeds", 2), ("variance_epochs", 1), ("workers", 1), ("hidden", 1)):
         if getattr(args, option) < low:
             parser.error(f"--{option.replace('_', '-')} must be >= {low}, got {getattr(args, option)}")
 
@@ -457,13 +469,13 @@ def main(argv: list[str] | None = None) -> int:
         return main_variance(args)
     progress = not args.no_progress
     t0 = time.perf_counter()
-    baseline = run("baseline", False, args.seed, args.epochs, args.out, progress)
-    kit = run("kit", True, args.seed, args.epochs, args.out, progress)
-    again = run("kit, same seed", True, args.seed, args.epochs, args.out, progress)
+    baseline = run("baseline", False, args.seed, args.epochs, args.out, progress, hidden=args.hidden)
+    kit = run("kit", True, args.seed, args.epochs, args.out, progress, hidden=args.hidden)
+    again = run("kit, same seed", True, args.seed, args.epochs, args.out, progress, hidden=args.hidden)
     figure = plot(baseline, kit, args.out / "demo.png")
 
     print(
-        f"\nDigits MLP 64-{HIDDEN}-{HIDDEN}-10, {TRAIN_FRACTION:.0%} of the data for training, "
+        f"\nDigits MLP 64-{args.hidden}-{args.hidden}-10, {TRAIN_FRACTION:.0%} of the data for training, "
         f"seed {args.seed},"
     )
     print(
@@ -480,7 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep_seeds:
         sweep = seed_sweep(
             lambda seed: {
-                f"{name} test acc": run(name, kit, seed, args.epochs, args.out, False).test_acc
+                f"{name} test acc": run(
+                    name, kit, seed, args.epochs, args.out, False, hidden=args.hidden
+                ).test_acc
                 for name, kit in (("baseline", False), ("kit", True))
             },
             seeds=args.sweep_seeds,

@@ -6,6 +6,7 @@ scikit-learn: nothing is downloaded. 1797 8x8 images, 10 classes, split into tra
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +21,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_regkit import RegularizedModule
 from lightning_regkit.penalties import Penalty
 from lightning_regkit.schedules import Schedule
+
+
+@functools.lru_cache(maxsize=1)
+def _load_digits() -> tuple[Any, Any]:
+    """The 1797 images and labels as NumPy arrays, read from scikit-learn's file once per process."""
+    from sklearn.datasets import load_digits
+
+    return load_digits(return_X_y=True)
 
 
 class DigitsDataModule(pl.LightningDataModule):
@@ -48,9 +57,7 @@ class DigitsDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
 
     def setup(self, stage: str | None = None) -> None:
-        from sklearn.datasets import load_digits
-
-        x_np, y_np = load_digits(return_X_y=True)
+        x_np, y_np = _load_digits()  # torch.tensor copies: the cached arrays are never changed
         x = torch.tensor(x_np, dtype=torch.float32) / 16.0
         y = torch.tensor(y_np, dtype=torch.long)
         g = torch.Generator().manual_seed(self.split_seed)

@@ -6,27 +6,19 @@ Their timings are not asserted (a shared machine is noisy); the figures must be 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from helpers import ROOT
+from script_runs import run_script
 
 pytestmark = pytest.mark.slow
 FLOAT = r"([0-9]+\.[0-9]+)"
 
 
 def run_benchmark(tmp_path: Path, name: str, *args: str) -> str:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout
+    """``python benchmarks/<name> <args>`` in a new process (from the warm interpreter); its stdout."""
+    return run_script(ROOT / "benchmarks" / name, list(args), cwd=tmp_path, timeout=400)
 
 
 def test_penalty_overhead_prints_every_column(tmp_path: Path) -> None:
@@ -42,7 +34,7 @@ def test_penalty_overhead_prints_every_column(tmp_path: Path) -> None:
 
 
 def test_kit_overhead_prints_the_ratios(tmp_path: Path) -> None:
-    out = run_benchmark(tmp_path, "kit_overhead.py", "1", "30")
+    out = run_benchmark(tmp_path, "kit_overhead.py", "--quick")
     assert re.search(r"ratio \(kit on / kit off, median step time\): " + FLOAT, out)
     assert re.search(r"whole fit wall time .* \(median " + FLOAT + r"\)", out)
     assert re.search(r"10th percentile .* ratio " + FLOAT, out)

@@ -6,7 +6,6 @@ import csv
 import doctest
 import json
 import re
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ import pytest
 import torch
 import yaml
 from digits import DigitsClassifier, DigitsDataModule, RegularizedDigitsClassifier, weights_sha256
-from helpers import EXAMPLES_DIR, ROOT, max_abs_diff, trainer_kwargs, weights_of
+from helpers import EXAMPLES_DIR, ROOT, TESTS_DIR, max_abs_diff, run_python, trainer_kwargs, weights_of
+from script_runs import run_script
 
 from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
@@ -34,6 +34,16 @@ CONFIG = EXAMPLES_DIR / "demo_config.yaml"
 # Lightning 2.6's LightningCLI still calls jsonargparse APIs deprecated in jsonargparse 4.49 (not ours)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
 SHA = re.compile(r"kit run (\d) weights sha256: ([0-9a-f]{64})")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Any:
+    """Every test here trains on one torch thread, as the demo does (``demo.main`` sets one thread itself):
+    these small models are fastest so, above all when another test process shares the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------- digits.py
@@ -100,70 +110,68 @@ def test_demo_help_explains_the_options(capsys) -> None:
         "--variance",
         "--variance-seeds",
         "--workers",
+        "--hidden",
     ):
         assert option in out
     assert "bit-identical" in out or "reproducibility" in out
     assert "P(kit > baseline)" in out
 
 
-@pytest.fixture
-def _one_thread() -> Any:
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)  # demo.main sets one thread
+@pytest.mark.slow
+def test_demo_variance_from_the_command_line_with_a_process_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """``python demo.py --variance``, small (16-wide MLP, 2 seeds, 1 epoch), sweeps in a pool of 2 processes.
 
-
-@pytest.mark.usefixtures("_one_thread")
-def test_demo_variance_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
-    """``--variance``, tiny (a 16-wide MLP, 3 seeds, 1 epoch): the table, P(kit > baseline), the figure."""
+    The script runs as ``__main__`` in a new process (the pool pickles the module's functions from
+    there): the table by source, P(kit > baseline) and the figure; then a second call with the same
+    settings, in this process, reads every result back and trains nothing.
+    """
     import demo
 
-    monkeypatch.setattr(demo, "HIDDEN", 16)
-    args = [
-        "--variance",
-        "--variance-seeds",
-        "3",
-        "--variance-epochs",
-        "1",
-        "--workers",
-        "1",
-        "--out",
-        str(tmp_path),
-    ]
-    assert demo.main(args) == 0
-    out = capsys.readouterr().out
+    out = tmp_path / "v"
+    args = ["--variance", "--variance-seeds", "2", "--variance-epochs", "1", "--workers", "2"]
+    args += ["--hidden", "16", "--out", str(out)]
+    stdout = run_script(EXAMPLES_DIR / "demo.py", args, cwd=tmp_path)
+    assert "| varied | n | std of baseline test acc (95% CI) | std of kit test acc (95% CI) |" in stdout
+    assert f"figure: {out / 'variance.png'}" in stdout
     # the printed table holds the std of each sweep's results, as saved in its results file
-    folder = tmp_path / "variance-sweeps-1-epochs"
+    assert "Digits MLP 64-16-16-10" in stdout
+    folder = out / "variance-sweeps-1-epochs-16-wide"
     assert sorted(p.name for p in folder.iterdir()) == [
         f"vary-{s}.jsonl" for s in ("all", "data", "init", "train")
     ]
-    rows = {tuple(r[:2]): r for r in csv.reader((tmp_path / "variance.csv").read_text().splitlines())}
+    rows = {tuple(r[:2]): r for r in csv.reader((out / "variance.csv").read_text().splitlines())}
     records: dict[str, list[dict[str, Any]]] = {}
     for source in ("init", "data", "train", "all"):
         records[source] = [
             json.loads(line) for line in (folder / f"vary-{source}.jsonl").read_text().splitlines()
         ]
-        assert sorted(r["seed"] for r in records[source]) == [1, 2, 3]
+        assert sorted(r["seed"] for r in records[source]) == [1, 2]
         vary = tuple(SOURCES) if source == "all" else (source,)
         assert [r["sources"] for r in sorted(records[source], key=lambda r: r["seed"])] == [
-            SourceSeeds.for_sweep(s, vary).as_dict() for s in (1, 2, 3)
+            SourceSeeds.for_sweep(s, vary).as_dict() for s in (1, 2)
         ]
         for metric in ("baseline test acc", "kit test acc"):
             values = [r["metrics"][metric] for r in records[source]]
             std = float(rows[(metric, source)][4])
             assert std == pytest.approx(np.std(values, ddof=1), abs=1e-15)
-            assert f"{metric:<17}  {source:<6}  3" in out
+            assert f"{metric:<17}  {source:<6}  2" in stdout
     kit = {r["seed"]: r["metrics"]["kit test acc"] for r in records["all"]}
     base = {r["seed"]: r["metrics"]["baseline test acc"] for r in records["all"]}
     c = compare(kit, base, "test acc", higher_is_better=True)
-    assert f"all: P = {c.p_a_better:.3f}  CI [{c.p_ci_low:.3f}, {c.p_ci_high:.3f}]" in out
-    assert "too few pairs to decide: 3 paired seeds" in out
-    png = (tmp_path / "variance.png").read_bytes()
+    assert f"all: P = {c.p_a_better:.3f}  CI [{c.p_ci_low:.3f}, {c.p_ci_high:.3f}]" in stdout
+    assert "too few pairs to decide: 2 paired seeds" in stdout
+    png = (out / "variance.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     # a second call with the same settings reads every result back: nothing is trained again
+    (out / "variance.png").unlink()
     monkeypatch.setattr(demo, "run", None)  # would fail if called
     assert demo.main(args) == 0
-    assert capsys.readouterr().out.count("total time") == 1
+    again = capsys.readouterr().out
+    assert again.count("total time") == 1
+    assert again.split("\ntotal time")[0] == stdout.split("\ntotal time")[0]  # the same table, P, figure
+    assert (out / "variance.png").exists()
 
 
 @pytest.mark.parametrize(
@@ -172,6 +180,7 @@ def test_demo_variance_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
         (["--variance-seeds", "1"], "--variance-seeds must be >= 2, got 1"),
         (["--variance-epochs", "0"], "--variance-epochs must be >= 1, got 0"),
         (["--workers", "0"], "--workers must be >= 1, got 0"),
+        (["--hidden", "0"], "--hidden must be >= 1, got 0"),
     ],
 )
 def test_demo_variance_bad_options(args: list[str], message: str, capsys: Any) -> None:
@@ -183,34 +192,15 @@ def test_demo_variance_bad_options(args: list[str], message: str, capsys: Any) -
 
 
 @pytest.mark.slow
-def test_demo_variance_from_the_command_line_with_a_process_pool(tmp_path: Path) -> None:
-    args = ["--variance", "--variance-seeds", "2", "--variance-epochs", "1", "--workers", "2", "--out", "v"]
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES_DIR / "demo.py"), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "| varied | n | std of baseline test acc (95% CI) | std of kit test acc (95% CI) |" in proc.stdout
-    assert "figure: v/variance.png" in proc.stdout
-    assert (tmp_path / "v" / "variance.png").exists()
+def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path, monkeypatch, capsys) -> None:
+    """``demo.main`` as ``make demo`` runs it (here in this process: the script entry is tested above)."""
+    import demo
 
-
-@pytest.mark.slow
-def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "demo out"
-    args = ["--epochs", "3", "--seed", "1", "--out", str(out), "--sweep-seeds", "2", "3"]
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES_DIR / "demo.py"), *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    stdout = proc.stdout
+    args = ["--epochs", "3", "--seed", "1", "--hidden", "16", "--out", str(out), "--sweep-seeds", "2", "3"]
+    assert demo.main(args) == 0
+    stdout, stderr = capsys.readouterr()
     header = (
         "| run | val acc | test acc | val loss | best epoch | stopped epoch | stopping reason | fit time |"
     )
@@ -237,7 +227,7 @@ def test_demo_prints_table_reproducibility_and_writes_figure(tmp_path) -> None:
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
     # Lightning's progress bar is on (tqdm's "Epoch 0: 100%", or rich's "Epoch 0/2 ━━" with rich installed)
-    assert re.search(r"Epoch \d+(: 100%|/\d+ )", stdout + proc.stderr)
+    assert re.search(r"Epoch \d+(: 100%|/\d+ )", stdout + stderr)
 
 
 # ----------------------------------------------------------------------------- LightningCLI
@@ -278,7 +268,7 @@ def test_cli_config_reproduces_the_demo_kit_run(tmp_path, monkeypatch) -> None:
     import demo
 
     monkeypatch.chdir(tmp_path)
-    torch.set_num_threads(1)  # the demo trains on one thread; float sums depend on the thread count
+    assert torch.get_num_threads() == 1  # as the demo: float sums depend on the thread count
     cli = _cli(
         [
             "fit",
@@ -392,13 +382,60 @@ def test_every_public_callback_and_penalty_from_yaml(tmp_path) -> None:
     assert all(float(w.detach().norm(dim=1).max()) <= 2.0 + 1e-5 for w in weights)
 
 
-def test_cli_runs_as_a_script_and_as_a_module(tmp_path) -> None:
-    for cmd in (
-        [sys.executable, str(EXAMPLES_DIR / "cli.py"), "fit", "--help"],
-        [sys.executable, "-m", "examples.cli", "fit", "--help"],
-    ):
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 0, proc.stderr[-3000:]
+# Runs the CLI in a new process as ``python -m examples.cli ...`` and ``python examples/cli.py ...`` would,
+# one command after the other: the test runner's folders (tests/, examples/, the root) are taken off
+# ``sys.path``; ``sys.path[0]`` is the working directory (the repository root) or the script's folder;
+# the example modules are imported afresh for each command; ``__name__ == "__main__"``. Prints a marker
+# line before each command; a command must end with exit status 0.
+CLI_COMMANDS = r"""
+import os, runpy, sys
+
+import torch
+
+root, examples, commands = __ARGS__
+os.chdir(root)  # the user's shell is in the repository root
+torch.set_num_threads(1)  # the example's small MLP: fastest on one thread
+sys.path[:] = [p for p in sys.path[1:] if p.rstrip("/") not in (root, examples, __TESTS__)]
+sys.path.insert(0, root)
+for label, as_module, args in commands:
+    for name in [m for m in sys.modules if m in ("cli", "digits") or m.split(".")[0] == "examples"]:
+        del sys.modules[name]
+    sys.path[0] = root if as_module else examples
+    sys.argv = ["-m" if as_module else f"{examples}/cli.py", *args]
+    print(f"=== {label}", flush=True)
+    try:
+        if as_module:
+            runpy.run_module("examples.cli", run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(f"{examples}/cli.py", run_name="__main__")
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise
+    sys.stdout.flush()
+    sys.stderr.flush()
+"""
+
+
+@pytest.mark.slow
+def test_cli_runs_as_a_script_and_as_a_module_and_fits_the_demo_config(tmp_path) -> None:
+    """``python -m examples.cli fit --config examples/demo_config.yaml`` as a user types it (+ overrides),
+    and ``fit --help`` both as a module and as a script, in one new process (no test folders on its path)."""
+    out = tmp_path / "cli"
+    fit = [
+        "fit", f"--config={CONFIG}",
+        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
+        "--model.l1=1e-5", "--model.interval=epoch", "--model.value_every_step=true",
+    ]  # fmt: skip
+    commands = [
+        ("module help", True, ["fit", "--help"]),
+        ("module fit", True, fit),
+        ("script help", False, ["fit", "--help"]),
+    ]
+    code = CLI_COMMANDS.replace("__ARGS__", repr((str(ROOT), str(EXAMPLES_DIR), commands)))
+    proc = run_python(code.replace("__TESTS__", repr(str(TESTS_DIR))), cwd=tmp_path, timeout=300)
+    outputs = dict(part.split("\n", 1) for part in proc.stdout.split("=== ")[1:])
+    assert list(outputs) == ["module help", "module fit", "script help"]
+    for label in ("module help", "script help"):
         for option in (
             "--model.l2",
             "--model.l1",
@@ -408,20 +445,7 @@ def test_cli_runs_as_a_script_and_as_a_module(tmp_path) -> None:
             "--model.value_every_step",
             "--data.train_fraction",
         ):
-            assert option in proc.stdout
-
-
-@pytest.mark.slow
-def test_cli_module_fits_the_demo_config_in_a_new_process(tmp_path) -> None:
-    """``python -m examples.cli fit --config examples/demo_config.yaml`` as a user types it (+ overrides)."""
-    out = tmp_path / "cli"
-    cmd = [
-        sys.executable, "-m", "examples.cli", "fit", f"--config={CONFIG}",
-        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={out}",
-        "--model.l1=1e-5", "--model.interval=epoch", "--model.value_every_step=true",
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+            assert option in outputs[label], label
     saved = yaml.safe_load((out / "config.yaml").read_text())  # LightningCLI saves the resolved config
     assert saved["model"]["l1"] == 1e-5 and saved["model"]["l2"] == 0.001
     assert (saved["model"]["interval"], saved["model"]["value_every_step"]) == ("epoch", True)

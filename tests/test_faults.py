@@ -15,19 +15,26 @@ Kill points (the uninterrupted run stops early at epoch 4, ``patience=2``):
    before the move, so no ``epoch=2.ckpt`` exists and the resume starts from ``epoch=1.ckpt``;
 3. right after the checkpoint of epoch 3, the epoch before early stopping fires (the stop then
    depends on the restored wait count and best score).
+
+Every segment (and the uninterrupted reference run) is the integration test's training script
+(:data:`test_integration.KIT_SCRIPT`) in a new process started by :func:`helpers.run_python`, on one
+torch thread: these tiny models run several times faster on one thread than on two on a busy 2-core
+machine, and the comparison is exact either way as long as every run uses the same thread count.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from helpers import assert_tree_equal, max_abs_diff
+from helpers import assert_tree_equal, max_abs_diff, run_python
 from packaging.version import Version
-from test_integration import assert_same_run, kit_run, reference_run, step_values
+from test_integration import KIT_SCRIPT, assert_same_run, load_result, step_values
 
 pytestmark = pytest.mark.slow
 # Lightning below 2.6 (2.4 tested): total epoch progress lags one behind in a resumed run's checkpoints
@@ -36,6 +43,39 @@ LIGHTNING_2_4 = Version(pl.__version__) < Version("2.6")
 
 def val_values(vals: list[Any]) -> list[Any]:
     return [[e, {k: v for k, v in m.items() if k.startswith("val_")}] for e, m in vals]
+
+
+def kit_run(root: Path, **cfg: Any) -> dict[str, Any]:
+    """:data:`KIT_SCRIPT` in a new process on one torch thread; its result (+ ``weights``, ``best``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = {"root": str(root), **cfg}
+    script = "import torch\ntorch.set_num_threads(1)\n" + KIT_SCRIPT.replace("__CFG__", repr(cfg))
+    run_python(script, cwd=root, timeout=240)
+    return load_result(root, 0)
+
+
+_REFERENCE: dict[str, Any] = {}
+
+
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted run, made once per pytest run (under xdist: by the first worker that asks,
+    under a file lock in the run's shared temporary folder; the others read its files)."""
+    if not _REFERENCE:
+        if os.environ.get("PYTEST_XDIST_WORKER") is None:
+            root = tmp_path_factory.mktemp("fault-reference")
+            kit_run(root)
+        else:
+            from filelock import FileLock
+
+            root = tmp_path_factory.getbasetemp().parent / "fault-reference"
+            done = root.with_name("fault-reference.done")
+            with FileLock(str(root) + ".lock"):
+                if not done.exists():
+                    shutil.rmtree(root, ignore_errors=True)  # what a worker that failed mid-way left
+                    kit_run(root)
+                    done.touch()
+        _REFERENCE.update(load_result(root, 0), root=root)
+    return _REFERENCE
 
 
 def killed(root: Path, **cfg: Any) -> None:
