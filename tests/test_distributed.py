@@ -9,29 +9,33 @@ model, identical on both ranks; and a second DDP run must be bit-identical to th
 Each rank sees its own half of the data, so ``val_loss`` differs per rank: early stopping's
 decision is still identical on every rank (rank 0's value decides the best weights, any rank's
 stop stops all).
+
+The two runs are the ``kit_ddp_*`` scenarios of the suite's two DDP launches
+(``tests/ddp_battery.py``, ``patience=1``): the script launched as a user launches it (Lightning's
+launcher starts rank 1 from its ``fit``), the second time in a new pair of processes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import ddp_battery
 import pytest
 import torch
 from helpers import max_abs_diff
-from test_integration import assert_same_run, kit_run, load_result
+from test_integration import assert_same_run, load_result
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
-MAX_EPOCHS = 12
+MAX_EPOCHS = ddp_battery.KIT_DDP_CFG["max_epochs"]
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory: pytest.TempPathFactory) -> list[list[dict[str, Any]]]:
-    runs = []
-    for name in ("first", "second"):
-        root = tmp_path_factory.mktemp(f"ddp_{name}")
-        kit_run(root, ddp=True, max_epochs=MAX_EPOCHS)
-        runs.append([load_result(root, 0), load_result(root, 1)])
-    return runs
+    """Both ranks of the DDP kit run in the battery's first launch, then in its second (new processes)."""
+    root = ddp_battery.battery_root(tmp_path_factory)
+    return [
+        [load_result(root / f"kit_ddp_{launch}", rank) for rank in (0, 1)] for launch in ("first", "second")
+    ]
 
 
 def test_every_rank_ends_identical(ddp_runs: list[list[dict[str, Any]]]) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import inspect
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -19,7 +19,6 @@ from helpers import (
     TinyMLP,
     TinyTransformer,
     make_classification,
-    run_python,
 )
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
@@ -683,47 +682,12 @@ def test_plot_example_writes_png(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DDP
-DDP_SCRIPT = """
-import json, sys
-import lightning.pytorch as pl
-import torch, torch.nn.functional as F
-from helpers import LitClassifier, SyntheticDataModule, TinyMLP
-from lightning_regkit.callbacks.dropout import DropoutScheduler
-from lightning_regkit.schedules import Cosine
-
-seen = []
-real_dropout = F.dropout
-
-def dropout(x, p=0.5, training=True, inplace=False):
-    if training:
-        seen.append((STEP[0], p))
-    return real_dropout(x, p, training, inplace)
-
-F.dropout = dropout
-STEP = [-1]
-
-class Step(pl.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        STEP[0] = trainer.global_step
-
-    def on_train_end(self, trainer, pl_module):
-        with open(f"rank{trainer.global_rank}.json", "w") as f:
-            json.dump({"seen": seen, "total": trainer.estimated_stepping_batches}, f)
-
-torch.manual_seed(0)
-cb = DropoutScheduler(Cosine(0.0, 0.5))
-trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=3, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     callbacks=[cb, Step()])
-trainer.fit(LitClassifier(TinyMLP()), datamodule=SyntheticDataModule())
-"""
-
-
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_ranks_see_identical_p(tmp_path):
-    run_python(DDP_SCRIPT, tmp_path)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+def test_ddp_ranks_see_identical_p(tmp_path_factory):
+    # 2 ranks, DropoutScheduler(Cosine(0.0, 0.5)), 3 epochs; every training F.dropout call records
+    # (global_step, p): ddp_battery.dropout, in the suite's DDP launch
+    ranks = ddp_battery.load_ranks(tmp_path_factory, "dropout")
     total = ranks[0]["total"]
     assert total == ranks[1]["total"] == 3 * STEPS_PER_EPOCH // 2  # each rank sees half of the data
     schedule = Cosine(0.0, 0.5)

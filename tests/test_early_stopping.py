@@ -11,10 +11,11 @@ import logging
 import math
 from unittest import mock
 
+import ddp_battery
 import pytest
 import torch
 import torchmetrics
-from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import EarlyStopping as LightningEarlyStopping
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -424,36 +425,12 @@ def test_missing_monitor_lists_logged_keys(tmp_path):
 
 
 # ----------------------------------------------------------------------------- DDP
-DDP_SCRIPT = """
-import sys
-import torch
-from lightning.pytorch import Trainer
-from helpers import SyntheticDataModule, trainer_kwargs, weights_of
-from test_early_stopping import Scripted
-from lightning_regkit.callbacks.early_stopping import EarlyStopping
-
-if __name__ == "__main__":
-    out = sys.argv[1] if len(sys.argv) > 1 else "."
-    torch.manual_seed(0)
-    model = Scripted([5, 4, 3, 3.5, 3.2, 3.1, 4, 4])
-    es = EarlyStopping("val_loss", patience=3, restore_best_weights=True)
-    trainer = Trainer(**trainer_kwargs(".", max_epochs=8, num_sanity_val_steps=0, devices=2, strategy="ddp"),
-                      callbacks=[es])
-    trainer.fit(model, datamodule=SyntheticDataModule(n_train=64, batch_size=16))
-    torch.save(
-        {"stopped_epoch": es.stopped_epoch, "best_epoch": es.best_epoch, "weights": weights_of(model),
-         "snapshot": model.snapshots[2], "last": model.snapshots[5], "epoch": trainer.current_epoch},
-        f"rank{trainer.global_rank}.pt",
-    )
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_ranks_stop_together_with_same_weights(tmp_path):
-    run_python(DDP_SCRIPT, tmp_path, timeout=240)
-    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+def test_ddp_ranks_stop_together_with_same_weights(tmp_path_factory):
+    # 2 ranks, Scripted val_loss [5, 4, 3, 3.5, 3.2, 3.1, 4, 4], patience=3, restore_best_weights:
+    # ddp_battery.early_stopping, in the suite's DDP launch
+    r0, r1 = ddp_battery.load_ranks(tmp_path_factory, "early_stopping")
     assert r0["stopped_epoch"] == r1["stopped_epoch"] == 5
     assert r0["epoch"] == r1["epoch"] == 6
     assert r0["best_epoch"] == r1["best_epoch"] == 2

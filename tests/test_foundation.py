@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import ddp_battery
 import pytest
 import torch
 from helpers import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
@@ -108,24 +109,16 @@ def test_actionlint_catches_a_broken_workflow(tmp_path: Path) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_on_cpu_runs(tmp_path: Path) -> None:
-    """The distributed set-up later issues rely on: Lightning DDP, 2 CPU processes, gloo."""
-    proc = run_python(
-        """
-        import lightning.pytorch as pl, torch
-        from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs
-        torch.manual_seed(0)
-        model = LitClassifier()
-        trainer = pl.Trainer(**trainer_kwargs(".", devices=2, strategy="ddp", max_epochs=1))
-        trainer.fit(model, datamodule=SyntheticDataModule())
-        w = model.net.fc1.weight.detach()
-        gathered = trainer.strategy.all_gather(w)
-        if trainer.is_global_zero:
-            print("WORLD", trainer.world_size, "SAME", bool((gathered[0] == gathered[1]).all()))
-        """,
-        cwd=tmp_path,
-    )
-    assert "WORLD 2 SAME True" in proc.stdout
+def test_ddp_on_cpu_runs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The distributed set-up later issues rely on: Lightning DDP, 2 CPU processes, gloo.
+
+    ``ddp_battery.foundation`` (in the suite's DDP launch): ``LitClassifier``, 1 epoch, then
+    ``all_gather`` of ``fc1.weight`` from both ranks.
+    """
+    ranks = ddp_battery.load_ranks(tmp_path_factory, "foundation")
+    assert [r["global_rank"] for r in ranks] == [0, 1]
+    assert all(r["world_size"] == 2 and r["backend"] == "gloo" and r["same"] for r in ranks)
+    assert ranks[0]["pid"] != ranks[1]["pid"]  # two processes
 
 
 def _wait_gone(pid: str) -> None:

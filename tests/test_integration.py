@@ -3,11 +3,13 @@
 ``RegularizedModule`` (L1 + L2 with a strength schedule) + ``SeedEverything`` +
 ``DropoutScheduler`` + ``EarlyStopping(restore_best_weights=True)`` + ``ModelCheckpoint``, with
 ``accumulate_grad_batches=2``, ``gradient_clip_val``, ``precision="bf16-mixed"`` and DataLoaders
-with ``num_workers=2``. Two identical runs in two fresh interpreters must give bit-identical
+with ``num_workers=2``. Two identical runs in two new processes must give bit-identical
 weights, stop epoch, early-stopping state and logged metrics.
 
 The training script (:data:`KIT_SCRIPT`) is shared with ``test_distributed.py`` (DDP) and
-``test_faults.py`` (SIGKILL and resume): :func:`kit_run` runs it in a new process.
+``test_faults.py`` (SIGKILL and resume): :func:`kit_run` runs it in a new process. Each of the two
+runs compared here is made once per pytest run (``ddp_battery.once_per_run``: shared by the xdist
+workers).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import pytest
 import torch
 from helpers import max_abs_diff, run_python
@@ -150,17 +153,6 @@ def load_result(root: Path, rank: int) -> dict[str, Any]:
     return result
 
 
-_REFERENCE: dict[str, Any] = {}
-
-
-def reference_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The uninterrupted run, made once per test session (shared by the fault tests)."""
-    if not _REFERENCE:
-        root = tmp_path_factory.mktemp("reference")
-        _REFERENCE.update(kit_run(root), root=root)
-    return _REFERENCE
-
-
 def step_values(steps: list[Any]) -> list[Any]:
     """The values logged at each step itself (``logged_metrics`` also carries the last epoch-level ones)."""
     return [
@@ -181,8 +173,9 @@ def assert_same_run(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
-    base = tmp_path_factory.mktemp("integration")
-    return reference_run(tmp_path_factory), kit_run(base / "b")
+    """The same :data:`KIT_SCRIPT` run in two new processes, each once per pytest run."""
+    first, second = (ddp_battery.once_per_run(tmp_path_factory, f"kit_{n}", kit_run) for n in ("a", "b"))
+    return load_result(first, 0), load_result(second, 0)
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import lightning.pytorch as pl
 import numpy as np
 import pytest
@@ -18,7 +19,6 @@ from helpers import (
     SyntheticDataModule,
     TinyMLP,
     max_abs_diff,
-    run_python,
     trainer_kwargs,
     weights_of,
 )
@@ -426,49 +426,11 @@ def test_max_norm_constrains_rows(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- DDP
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_ddp_two_processes_ranks_identical(tmp_path: Path) -> None:
-    code = f"""
-    import torch, lightning.pytorch as pl
-    from helpers import ClassifierSteps, LitClassifier, SyntheticDataModule, TinyMLP, trainer_kwargs
-    from lightning_regkit.callbacks.weight_penalty import WeightPenalty
-    from lightning_regkit.module import RegularizedModule
-    from lightning_regkit.penalties import L1, L2, MaxNorm
-
-    def penalties():
-        return [L1(1e-3), L2(2e-2), L1(1e-3, proximal=True), MaxNorm(2.0)]
-
-    class M(ClassifierSteps, RegularizedModule):
-        def __init__(self, mode):
-            super().__init__(mode=mode, penalties=penalties())
-            torch.manual_seed(0)
-            self.net = TinyMLP(p=0.0)
-            self.lr, self.optimizer_name = 0.1, "sgd"
-
-    for mode in ("fast", "autograd", "callback"):
-        callbacks = []
-        if mode == "callback":
-            torch.manual_seed(0)
-            m = LitClassifier(TinyMLP(p=0.0))
-            callbacks = [WeightPenalty(penalties=penalties())]
-        else:
-            m = M(mode)
-        trainer = pl.Trainer(**trainer_kwargs(r"{tmp_path}", accelerator="cpu", devices=2, strategy="ddp",
-                                              max_epochs=2, callbacks=callbacks))
-        trainer.fit(m, SyntheticDataModule(shuffle=False))
-        torch.save(m.state_dict(), r"{tmp_path}" + f"/{{mode}}_rank{{trainer.global_rank}}.pt")
-    """
-    run_python(code, tmp_path, timeout=240)
-    w = {
-        k: torch.load(tmp_path / f"{k}.pt")
-        for k in (
-            "fast_rank0",
-            "fast_rank1",
-            "autograd_rank0",
-            "autograd_rank1",
-            "callback_rank0",
-            "callback_rank1",
-        )
-    }
+def test_ddp_two_processes_ranks_identical(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # ddp_battery.regularized_module (in the suite's DDP launch): L1 + L2 + proximal L1 + MaxNorm on
+    # 2 ranks, 2 epochs, as the module in "fast" and "autograd" mode and as the WeightPenalty callback
+    ranks = ddp_battery.load_ranks(tmp_path_factory, "regularized_module")
+    w = {f"{mode}_rank{r}": ranks[r][mode] for mode in ("fast", "autograd", "callback") for r in (0, 1)}
     assert max_abs_diff(w["fast_rank0"], w["fast_rank1"]) == 0.0
     assert max_abs_diff(w["autograd_rank0"], w["autograd_rank1"]) == 0.0
     assert max_abs_diff(w["callback_rank0"], w["callback_rank1"]) == 0.0

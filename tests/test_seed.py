@@ -8,12 +8,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -21,72 +22,33 @@ from torch.utils.data import DataLoader
 from lightning_regkit.callbacks.seed import SeedEverything
 from lightning_regkit.rng import capture_rng_state, restore_rng_state
 
-# One script, two phases, each phase in its own fresh interpreter. Phase "first" trains 4 epochs
-# straight and 2 epochs + checkpoint, with the callback and with plain Lightning; phase "second"
-# resumes both checkpoints to epoch 4 and trains the callback's 4-epoch run once more. The model has
-# dropout, the loader shuffles, and 2 workers draw random augmentation (torch and NumPy) per sample.
-RESUME_SCRIPT = """
-import json, sys
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
-from lightning_regkit.callbacks.seed import SeedEverything
+# Runs in new processes (tests/ddp_battery.py). Single process (``seed_resume_single``, two launches):
+# the first trains 3 epochs, with a checkpoint every epoch, with the callback and with plain Lightning;
+# the second, a new process, resumes both runs from their checkpoint of epoch 0 to epoch 3 and trains
+# the callback's run from scratch once more. The model has dropout, the loader shuffles, and 2 workers
+# draw random augmentation (torch and NumPy) per sample, re-created each epoch. DDP (``seed_resume``,
+# 2 ranks, both variants, in the suite's two DDP launches): the same with the callback only, and a
+# CSVLogger.
 
-SEED, PHASE, NUM_WORKERS = 7, "{phase}", {num_workers}
 
-class StartEpoch(Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.epoch = trainer.current_epoch
-
-def run(kit, max_epochs, save=False, ckpt_path=None):
-    if kit:
-        seeder = SeedEverything(SEED)
-        seeder.seed_now()  # before the model is built
-        callbacks = [seeder]
-    else:
-        pl.seed_everything(SEED, workers=True, verbose=False)
-        callbacks = []
-    start = StartEpoch()
-    callbacks.append(start)
-    if save:
-        callbacks.append(ModelCheckpoint(dirpath=f"ckpt_{{kit}}", filename="epoch2"))
-    model = LitClassifier()  # TinyMLP with dropout
-    kwargs = trainer_kwargs(".", max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=save)
-    trainer = pl.Trainer(**kwargs)
-    # random augmentation drawn inside 2 worker processes, re-created each epoch
-    data = SyntheticDataModule(num_workers=NUM_WORKERS, shuffle=True, augment=0.1, persistent_workers=False)
-    trainer.fit(model, data, ckpt_path=ckpt_path)
-    return model, start.epoch
-
-info = {{}}
-if PHASE == "first":
-    for kit in (True, False):
-        torch.save(weights_of(run(kit, 4)[0]), f"full_{{kit}}.pt")
-        run(kit, 2, save=True)
-else:
-    for kit in (True, False):
-        model, start = run(kit, 4, ckpt_path=f"ckpt_{{kit}}/epoch2.ckpt")
-        torch.save(weights_of(model), f"resumed_{{kit}}.pt")
-        info[f"start_epoch_{{kit}}"] = start
-    torch.save(weights_of(run(True, 4)[0]), "full_again.pt")
-    json.dump(info, open("info.json", "w"))
-"""
+def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
 
 
 @pytest.fixture(scope="module")
 def resume_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("resume")
-    for phase in ("first", "second"):
-        run_python(RESUME_SCRIPT.format(phase=phase, num_workers=2), cwd=root)
+    root = ddp_battery.single_resume_root(tmp_path_factory)
     load = lambda name: torch.load(root / name, weights_only=True)  # noqa: E731
     info = json.loads((root / "info.json").read_text())
+    ckpt = root / "ckpt_True" / f"epoch={ddp_battery.SINGLE_AT - 1}.ckpt"
     return {
         "root": root,
+        "ckpt": ckpt,
         "info": info,
         "kit_diff": max_abs_diff(load("full_True.pt"), load("resumed_True.pt")),
         "plain_diff": max_abs_diff(load("full_False.pt"), load("resumed_False.pt")),
         "same_seed_diff": max_abs_diff(load("full_True.pt"), load("full_again.pt")),
+        "ckpt_diff": max_abs_diff(load("full_True.pt"), _checkpoint_weights(ckpt)),
     }
 
 
@@ -97,69 +59,38 @@ def test_same_seed_in_two_processes_is_bit_identical(resume_runs: dict[str, Any]
 
 @pytest.mark.slow
 def test_resume_in_new_process_is_bit_identical(resume_runs: dict[str, Any]) -> None:
-    # it really resumed: the checkpoint exists and training restarted at epoch 2 of 4
-    assert (resume_runs["root"] / "ckpt_True" / "epoch2.ckpt").is_file()
-    assert resume_runs["info"]["start_epoch_True"] == 2
+    # it really resumed: from the checkpoint of epoch 0, training restarted at epoch 1 of 3
+    assert resume_runs["ckpt"].is_file()
+    assert resume_runs["info"]["start_epoch_True"] == ddp_battery.SINGLE_AT == 1
+    assert resume_runs["ckpt_diff"] > 1e-3  # the checkpoint is not the end of the run
     print(f"max |w_resumed - w_uninterrupted| with SeedEverything: {resume_runs['kit_diff']}")
     assert resume_runs["kit_diff"] == 0.0
 
 
 @pytest.mark.slow
 def test_plain_lightning_resume_differs(resume_runs: dict[str, Any]) -> None:
-    assert resume_runs["info"]["start_epoch_False"] == 2
+    assert resume_runs["info"]["start_epoch_False"] == ddp_battery.SINGLE_AT
     print(f"max |w_resumed - w_uninterrupted| with plain Lightning: {resume_runs['plain_diff']}")
     assert resume_runs["plain_diff"] > 1e-3
 
 
-DDP_SCRIPT = """
-import os
-import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
-from helpers import LitClassifier, SyntheticDataModule, trainer_kwargs, weights_of
-from lightning_regkit.callbacks.seed import SeedEverything
-
-PER_RANK = {per_rank}
-
-def run(max_epochs, save=False, ckpt_path=None):
-    seeder = SeedEverything(11, per_rank=PER_RANK)
-    rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning's launcher sets it in the second process
-    seeder.seed_now(rank)
-    callbacks = [seeder] + ([ModelCheckpoint(dirpath="ckpt", filename="epoch2")] if save else [])
-    model = LitClassifier()
-    torch.save(weights_of(model), f"{name}_init_rank{{rank}}.pt")
-    trainer = pl.Trainer(**trainer_kwargs(".", max_epochs=max_epochs, callbacks=callbacks, devices=2,
-                                          strategy="ddp", enable_checkpointing=save,
-                                          logger=CSVLogger(".", name="{name}")))
-    # shuffled, with random augmentation drawn in 2 workers per rank
-    data = SyntheticDataModule(num_workers=2, augment=0.1, persistent_workers=False)
-    trainer.fit(model, data, ckpt_path=ckpt_path)
-    if trainer.global_rank == 0:
-        torch.save(weights_of(model), "{name}.pt")
-
-{body}
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
-@pytest.mark.parametrize("per_rank", [False, True], ids=["same-seed", "per-rank"])
-def test_ddp_resume_in_new_process_is_bit_identical(tmp_path: Path, per_rank: bool) -> None:
-    def script(name: str, body: str) -> str:
-        return DDP_SCRIPT.format(name=name, body=body, per_rank=per_rank)
-
-    run_python(script("full", "run(4)"), cwd=tmp_path)
-    run_python(script("half", "run(2, save=True)"), cwd=tmp_path)
-    run_python(script("resumed", 'run(4, ckpt_path="ckpt/epoch2.ckpt")'), cwd=tmp_path)
-    ckpt = torch.load(tmp_path / "ckpt" / "epoch2.ckpt", weights_only=True)
-    assert ckpt["epoch"] == 1  # the resumed run started from epoch 2 of 4
+@pytest.mark.parametrize("variant", list(ddp_battery.RESUME_VARIANTS))
+def test_ddp_resume_in_new_process_is_bit_identical(
+    tmp_path_factory: pytest.TempPathFactory, variant: str
+) -> None:
+    per_rank = ddp_battery.RESUME_VARIANTS[variant]
+    root = ddp_battery.battery_root(tmp_path_factory) / "seed_resume" / variant
+    load = lambda name: torch.load(root / name, weights_only=True)  # noqa: E731
+    ckpt = load(f"ckpt/epoch={ddp_battery.RESUME_AT - 1}.ckpt")
+    assert ckpt["epoch"] == 0  # the resumed run (second launch) started from epoch 1 of 3
     state = ckpt["callbacks"]["SeedEverything"]
-    hparams = yaml.safe_load(next((tmp_path / "half").rglob("hparams.yaml")).read_text())
+    hparams = yaml.safe_load(next((root / "full").rglob("hparams.yaml")).read_text())
     assert state["seed"] == hparams["seed"] == 11
     assert len(state["rng"]) == 2  # one RNG state per rank
     same_stream = torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
-    init = [torch.load(tmp_path / f"full_init_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    init = [load(f"full_init_rank{r}.pt") for r in (0, 1)]
     if per_rank:  # distinct per-rank streams, recorded in the logger and the checkpoint
         assert state["rank_seeds"] == hparams["rank_seeds"] == [11, 12]
         assert hparams["seed_per_rank"] is True
@@ -169,9 +100,12 @@ def test_ddp_resume_in_new_process_is_bit_identical(tmp_path: Path, per_rank: bo
         assert "rank_seeds" not in state and hparams["seed_per_rank"] is False
         assert same_stream
         assert max_abs_diff(init[0], init[1]) == 0.0
-    full = torch.load(tmp_path / "full.pt", weights_only=True)
-    assert max_abs_diff(full, torch.load(tmp_path / "resumed.pt", weights_only=True)) == 0.0
-    assert max_abs_diff(full, torch.load(tmp_path / "half.pt", weights_only=True)) > 0.0
+    full = load("full_rank0.pt")
+    assert max_abs_diff(full, load("resumed_rank0.pt")) == 0.0
+    assert max_abs_diff(full, ckpt["state_dict"]) > 0.0  # the checkpoint is not the end of the run
+    # DDP keeps the ranks' weights equal: rank 1 (a new interpreter in each launch) ends the same
+    assert max_abs_diff(load("full_rank1.pt"), load("resumed_rank1.pt")) == 0.0
+    assert max_abs_diff(full, load("full_rank1.pt")) == 0.0
 
 
 # ----------------------------------------------------------------------------- in process

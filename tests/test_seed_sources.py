@@ -12,12 +12,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import max_abs_diff, run_python, trainer_kwargs, weights_of
+from helpers import max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -465,38 +466,20 @@ def test_source_seeds_validate() -> None:
 
 
 # ----------------------------------------------------------------------------- DDP
-DDP_SCRIPT = """
-import os, sys
-import lightning.pytorch as pl
-import torch
-from helpers import trainer_kwargs, weights_of
-from test_seed_sources import Loaders, Probe, observe
-from lightning_regkit.callbacks.seed import SeedEverything
-
-NAME, SEEDS = "{name}", {seeds}
-rank = int(os.environ.get("LOCAL_RANK", 0))  # Lightning's launcher sets it in the second process
-seeder = SeedEverything(**SEEDS)
-seeder.seed_now(rank)
-model = Probe()
-init = weights_of(model)
-trainer = pl.Trainer(**trainer_kwargs(".", max_epochs=2, callbacks=[seeder], devices=2, strategy="ddp"))
-trainer.fit(model, Loaders())
-torch.save(observe(model, init), f"{{NAME}}_rank{{trainer.global_rank}}.pt")
-"""
-
-
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_ddp_shards_follow_the_data_seed_and_dropout_the_train_seed(tmp_path: Path) -> None:
-    """Two ranks: the distributed sampler shuffles with the data seed; each source still varies alone."""
-    runs = {"base": BASE, "data": {**BASE, "data": 21}, "train": {**BASE, "train": 31}}
-    for name, seeds in runs.items():
-        run_python(DDP_SCRIPT.format(name=name, seeds=seeds), cwd=tmp_path)
-    got = {
-        (name, rank): torch.load(tmp_path / f"{name}_rank{rank}.pt", weights_only=False)
-        for name in runs
-        for rank in (0, 1)
-    }
+def test_ddp_shards_follow_the_data_seed_and_dropout_the_train_seed(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Two ranks: the distributed sampler shuffles with the data seed; each source still varies alone.
+
+    The runs (``ddp_battery.seed_sources``: base seeds, then the data seed alone changed, then the train
+    seed alone, 2 epochs each) share the suite's DDP launch; ``seed_now(rank)`` before the model.
+    """
+    runs = ddp_battery.SOURCE_RUNS
+    assert runs["base"] == BASE
+    by_rank = ddp_battery.load_ranks(tmp_path_factory, "seed_sources")
+    got = {(name, rank): by_rank[rank][name] for name in runs for rank in (0, 1)}
     for name in runs:  # in every epoch the two ranks' shards partition the data
         orders = [got[(name, r)]["order"] for r in (0, 1)]
         for epoch in (0, 1):
