@@ -14,10 +14,14 @@ import os
 # the caller is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from collections.abc import Callable
+import contextlib
+import inspect
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import ddp_battery
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -63,3 +67,38 @@ def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep global seeding environment variables from leaking between tests."""
     for var in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
         monkeypatch.delenv(var, raising=False)
+
+
+def _source(function: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return ""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ddp_battery_in_background(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[None]:
+    """Under xdist, the first worker runs the DDP battery (:mod:`ddp_battery`) in a background thread from
+    the start, when any selected test reads it: the tests that need it find it done (or wait less)
+    instead of one worker idling on the battery's lock while the other runs it. Without xdist, or when
+    no selected test needs it, nothing happens here: the tests produce it when they first ask."""
+    needed = any(
+        "ddp_battery" in _source(item.function)
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+    )
+    thread = None
+    if needed and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+
+        def produce() -> None:
+            with contextlib.suppress(BaseException):  # a failure is recorded for the tests to report
+                ddp_battery.battery_root(tmp_path_factory)
+                ddp_battery.single_resume_root(tmp_path_factory)
+
+        thread = threading.Thread(target=produce, name="ddp-battery", daemon=True)
+        thread.start()
+    yield
+    if thread is not None:
+        thread.join()

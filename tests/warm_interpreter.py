@@ -34,6 +34,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 #: Modules the server imports once (what nearly every test script imports first).
@@ -215,12 +216,16 @@ class WarmInterpreter:
             os.unlink(self._log.name)
 
 
-_servers: dict[str, WarmInterpreter] = {}
+_servers: dict[tuple[str, int], WarmInterpreter] = {}
 
 
 def server_for(pythonpath: list[str]) -> WarmInterpreter:
-    """The warm interpreter of this test process for ``pythonpath`` (started on first use)."""
-    key = os.pathsep.join(pythonpath)
+    """The warm interpreter of this thread of the test process for ``pythonpath`` (started on first use).
+
+    One per thread: a server runs one script at a time, and a test process may run a script in a
+    background thread (``conftest.py`` starts the DDP battery that way) while its tests run others.
+    """
+    key = (os.pathsep.join(pythonpath), threading.get_ident())
     server = _servers.get(key)
     if server is None or not server.alive():
         server = _servers[key] = WarmInterpreter(pythonpath)
