@@ -139,11 +139,14 @@ torch.save({"weights": weights_of(model), "best": best}, ROOT / f"weights{rank}.
 """
 
 
-def kit_run(root: Path, **cfg: Any) -> dict[str, Any]:
-    """Run :data:`KIT_SCRIPT` in a fresh interpreter; return rank 0's result (+ ``weights``, ``best``)."""
+def kit_run(root: Path, fresh: bool = False, **cfg: Any) -> dict[str, Any]:
+    """Run :data:`KIT_SCRIPT` in a new process; return rank 0's result (+ ``weights``, ``best``).
+
+    ``fresh``: a really new interpreter (its own hash seed and imports), not one forked from the warm one.
+    """
     root.mkdir(parents=True, exist_ok=True)
     cfg = {"root": str(root), **cfg}
-    run_python(KIT_SCRIPT.replace("__CFG__", repr(cfg)), cwd=root, timeout=240)
+    run_python(KIT_SCRIPT.replace("__CFG__", repr(cfg)), cwd=root, timeout=240, fresh=fresh)
     return load_result(root, 0)
 
 
@@ -173,8 +176,10 @@ def assert_same_run(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The same :data:`KIT_SCRIPT` run in two new processes, each once per pytest run."""
-    first, second = (ddp_battery.once_per_run(tmp_path_factory, f"kit_{n}", kit_run) for n in ("a", "b"))
+    """The same :data:`KIT_SCRIPT` run in two new processes, each once per pytest run: one forked from the
+    warm interpreter, one a really new interpreter (another hash seed: set and dict orders differ)."""
+    first = ddp_battery.once_per_run(tmp_path_factory, "kit_a", kit_run)
+    second = ddp_battery.once_per_run(tmp_path_factory, "kit_b", lambda root: kit_run(root, fresh=True))
     return load_result(first, 0), load_result(second, 0)
 
 
