@@ -45,18 +45,19 @@ lint: $(VENV)/.installed
 typecheck: $(VENV)/.installed
 	$(VENV)/bin/mypy lightning_regkit
 
-# Tests run on PYTEST_WORKERS processes (pytest-xdist; 2 = this machine's cores; 0 = in this process).
+# Tests run on PYTEST_WORKERS processes (pytest-xdist; 2 = this machine's cores; 0 = in this process);
+# worksteal: a worker that runs out of tests takes some of the other's (the durations are uneven).
 PYTEST_WORKERS ?= 2
 
 pytest: $(VENV)/.installed
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # mypy runs while pytest does (it is single-threaded and pytest's start waits on imports): the gate
 # fails if either fails; mypy's report is printed after pytest's.
 test: lint
 	@echo "mypy lightning_regkit (in the background while pytest runs)"
 	@$(VENV)/bin/mypy lightning_regkit >$(VENV)/mypy.log 2>&1 & mypy=$$!; \
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS); rc=$$?; \
 	wait $$mypy; mypy_rc=$$?; echo "--- mypy"; cat $(VENV)/mypy.log; \
 	test $$mypy_rc -eq 0 || { echo "mypy failed"; exit 1; }; exit $$rc
 
