@@ -27,6 +27,7 @@ def blocks(page: Path) -> list[tuple[bool, str]]:
     return [(bool(m.group(1)), m.group(2)) for m in BLOCK.finditer(page.read_text())]
 
 
+@pytest.mark.slow  # every page end to end: the full gate runs them, the inner loop does not
 @pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
 def test_docs_page_runs(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     found = blocks(page)

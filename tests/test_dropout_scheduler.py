@@ -673,6 +673,7 @@ def test_two_schedulers_driving_the_same_module_is_an_error(make_trainer):
 
 
 # ----------------------------------------------------------------------------- example script
+@pytest.mark.slow
 def test_plot_example_writes_png(tmp_path):
     from plot_dropout_schedules import main
 

@@ -416,6 +416,7 @@ for label, as_module, args in commands:
 """
 
 
+@pytest.mark.slow
 def test_cli_runs_as_a_script_and_as_a_module_and_fits_the_demo_config(tmp_path) -> None:
     """``python -m examples.cli fit --config examples/demo_config.yaml`` as a user types it (+ overrides),
     and ``fit --help`` both as a module and as a script, in one new process (no test folders on its path)."""

@@ -157,6 +157,7 @@ HANG_SCRIPT = """
     """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh"])
 def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path, fresh: bool) -> None:
     """A hung subprocess (a parent, a forked child as a DataLoader worker, the script started again
@@ -176,6 +177,7 @@ def test_run_python_reports_a_hang_and_leaves_nothing_behind(tmp_path: Path, fre
         _wait_gone(pid)
 
 
+@pytest.mark.slow
 def test_run_python_does_not_retry_a_hang(tmp_path: Path) -> None:
     """A hang fails the test at once: the script ran exactly once."""
     code = """
@@ -203,6 +205,7 @@ PROBE_SCRIPT = """
     """
 
 
+@pytest.mark.slow
 def test_warm_interpreter_child_is_like_a_new_process(tmp_path: Path) -> None:
     """What a script can observe is the same whether ``run_python`` forks it from the warm interpreter or
     starts a really new one; only the entropy-seeded draws differ between runs, as between new processes."""

@@ -78,6 +78,7 @@ PEN = {"l1": 1e-3, "l2": 2e-2}
 
 
 # ----------------------------------------------------------------------------- equivalences
+@pytest.mark.slow
 def test_fast_autograd_callback_agree_and_returned_loss_includes_value(tmp_path: Path) -> None:
     runs = {}
     for mode in ("compiled", "autograd", "fast"):
@@ -387,6 +388,7 @@ class LinearRegression(RegularizedModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
+@pytest.mark.slow
 def test_proximal_l1_converges_to_lasso(tmp_path: Path) -> None:
     from sklearn.linear_model import Lasso
 

@@ -154,6 +154,7 @@ def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return out
 
 
+@pytest.mark.slow
 def test_same_sources_repeat_bit_for_bit(runs: dict[str, Any]) -> None:
     assert differs(runs["base"], runs["again"]) == set()
     assert max_abs_diff(runs["base"]["final"], runs["again"]["final"]) == 0.0

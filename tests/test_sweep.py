@@ -377,6 +377,7 @@ def test_metric_summary_rejects_non_finite_values() -> None:
         MetricSummary.of("acc", [1.0, math.nan])
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["executor", "pool.map", "pool"])
 def test_sigkill_of_a_pool_worker_then_resume_runs_only_missing_seeds(kind: str, tmp_path: Path) -> None:
