@@ -233,6 +233,19 @@ def trainer_kwargs(root: Path | str, **overrides: Any) -> dict[str, Any]:
     return kwargs
 
 
+def classifier_cli(config: Path | str) -> Any:
+    """``LightningCLI(LitClassifier, SyntheticDataModule)`` built from the YAML ``config``, not run."""
+    from lightning.pytorch.cli import LightningCLI
+
+    return LightningCLI(
+        LitClassifier,
+        SyntheticDataModule,
+        args=["--config", str(config)],
+        run=False,
+        save_config_callback=None,
+    )
+
+
 def weights_of(module: nn.Module) -> dict[str, Tensor]:
     """A detached CPU copy of every parameter and buffer."""
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}

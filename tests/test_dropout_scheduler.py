@@ -18,6 +18,7 @@ from helpers import (
     SyntheticDataModule,
     TinyMLP,
     TinyTransformer,
+    classifier_cli,
     make_classification,
 )
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -617,17 +618,9 @@ trainer:
 
 
 def test_configurable_from_lightning_cli_yaml(tmp_path):
-    from lightning.pytorch.cli import LightningCLI
-
     config = tmp_path / "config.yaml"
     config.write_text(CLI_CONFIG)
-    cli = LightningCLI(
-        LitClassifier,
-        SyntheticDataModule,
-        run=False,
-        args=["--config", str(config)],
-        save_config_callback=None,
-    )
+    cli = classifier_cli(config)
     [cb] = [c for c in cli.trainer.callbacks if isinstance(c, DropoutScheduler)]
     assert (cb.interval, cb.modules, cb.names, cb.mode) == (
         "step",

@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import LitClassifier, SyntheticDataModule, max_abs_diff, trainer_kwargs, weights_of
+from helpers import (
+    LitClassifier,
+    SyntheticDataModule,
+    classifier_cli,
+    max_abs_diff,
+    trainer_kwargs,
+    weights_of,
+)
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader
@@ -353,20 +360,12 @@ trainer:
 
 @pytest.mark.usefixtures("_restore_torch_flags")
 def test_lightning_cli_yaml(tmp_path: Path) -> None:
-    from lightning.pytorch.cli import LightningCLI
-
     config = tmp_path / "config.yaml"
     config.write_text(CLI_CONFIG)
     weights = []
     for _ in range(2):
         torch.manual_seed(123 + len(weights))  # whatever happened before the CLI
-        cli = LightningCLI(
-            LitClassifier,
-            SyntheticDataModule,
-            args=["--config", str(config)],
-            run=False,
-            save_config_callback=None,
-        )
+        cli = classifier_cli(config)
         seeders = [cb for cb in cli.trainer.callbacks if isinstance(cb, SeedEverything)]
         assert len(seeders) == 1
         assert (seeders[0].requested_seed, seeders[0].deterministic) == (42, "warn")

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import max_abs_diff, trainer_kwargs, weights_of
+from helpers import classifier_cli, max_abs_diff, trainer_kwargs, weights_of
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -523,19 +523,10 @@ def test_what_the_data_seed_cannot_reach_is_warned_once(
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning:lightning.pytorch.cli")
 def test_sources_from_lightning_cli_yaml(tmp_path: Path) -> None:
-    from helpers import LitClassifier, SyntheticDataModule
-    from lightning.pytorch.cli import LightningCLI
-
     config = tmp_path / "config.yaml"
     callback = {"class_path": "lightning_regkit.SeedEverything", "init_args": {"seed": 4, "data": 5}}
     config.write_text(yaml.safe_dump({"trainer": {"callbacks": [callback], "logger": False}}))
-    cli = LightningCLI(
-        LitClassifier,
-        SyntheticDataModule,
-        args=["--config", str(config)],
-        run=False,
-        save_config_callback=None,
-    )
+    cli = classifier_cli(config)
     (seeder,) = [cb for cb in cli.trainer.callbacks if isinstance(cb, SeedEverything)]
     assert seeder.sources == {"init": source_seed(4, "init"), "data": 5, "train": source_seed(4, "train")}
 
