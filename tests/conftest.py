@@ -84,10 +84,10 @@ def _ddp_battery_in_background(
     the start, when any selected test reads it: the tests that need it find it done (or wait less)
     instead of one worker idling on the battery's lock while the other runs it. Without xdist, or when
     no selected test needs it, nothing happens here: the tests produce it when they first ask."""
+    functions = {item.function for item in request.session.items if isinstance(item, pytest.Function)}
     needed = any(
-        "ddp_battery" in _source(item.function)
-        for item in request.session.items
-        if isinstance(item, pytest.Function)
+        "ddp_battery" in _source(function)
+        for function in functions  # one look per test function, not per parametrized case
     )
     thread = None
     if needed and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
