@@ -1,6 +1,9 @@
 """Pytest fixtures on top of :mod:`helpers` (the shared tiny models, data and Trainer settings).
 
 Test files import helpers directly (``from helpers import TinyMLP``); nothing imports this file.
+torch, Lightning and :mod:`helpers` are imported inside the fixtures, not here: under pytest-xdist the
+controlling process loads this file before it starts the workers, and never runs a test (importing
+Lightning there would delay every worker's start by seconds).
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ddp_battery
-import lightning.pytorch as pl
 import pytest
-import torch
-from helpers import SyntheticDataModule, TinyMLP, TinyTransformer, trainer_kwargs
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+    from helpers import SyntheticDataModule, TinyMLP, TinyTransformer
 
 
 @pytest.fixture
 def make_trainer(tmp_path: Path) -> Callable[..., pl.Trainer]:
     """Factory: ``make_trainer(max_epochs=3, callbacks=[...])`` -> fast CPU Trainer in tmp_path."""
+    import lightning.pytorch as pl
+    from helpers import trainer_kwargs
 
     def factory(**overrides: Any) -> pl.Trainer:
         return pl.Trainer(**trainer_kwargs(tmp_path, **overrides))
@@ -40,18 +45,26 @@ def make_trainer(tmp_path: Path) -> Callable[..., pl.Trainer]:
 
 @pytest.fixture
 def tiny_mlp() -> TinyMLP:
+    import torch
+    from helpers import TinyMLP
+
     torch.manual_seed(0)
     return TinyMLP()
 
 
 @pytest.fixture
 def tiny_transformer() -> TinyTransformer:
+    import torch
+    from helpers import TinyTransformer
+
     torch.manual_seed(0)
     return TinyTransformer()
 
 
 @pytest.fixture
 def synthetic_dm() -> SyntheticDataModule:
+    from helpers import SyntheticDataModule
+
     return SyntheticDataModule()
 
 
@@ -91,6 +104,7 @@ def _ddp_battery_in_background(
     )
     thread = None
     if needed and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+        import ddp_battery
 
         def produce() -> None:
             with contextlib.suppress(BaseException):  # a failure is recorded for the tests to report
