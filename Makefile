@@ -22,7 +22,8 @@ unexport PYTHONDONTWRITEBYTECODE
 
 # Set-up installs with uv (parallel, from the places pip is configured to use: tools/uv_args.py), into a
 # venv created without pip (pip then comes with the dev extra); where uv cannot be had, with pip.
-# The last step imports what every run imports, two processes side by side, which writes its bytecode once.
+# Imports of what every run imports write its bytecode once, side by side with the installation:
+# torch's while the dev extras install, then Lightning's and the scientific stack's in two processes.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
 	@if test -x $(VENV)/bin/uv || $(PYTHON) -m pip --python $(PY) install $(PIP_OPTS) uv >$(VENV)/install.log 2>&1; then \
@@ -36,11 +37,12 @@ $(VENV)/.installed: pyproject.toml
 	fi; \
 	$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; \
 		$$INSTALL $(TORCH_SPEC) >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; }; \
-	$(PY) -W ignore -c "import torch" || { echo "torch did not install"; exit 1; }; \
+	$(PY) -W ignore -c "import torch._dynamo" & warm=$$!; \
 	echo "installing lightning_regkit[dev] (editable)"; \
-	$$INSTALL -e ".[dev]" pip >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }
+	$$INSTALL -e ".[dev]" pip >$(VENV)/install-dev.log 2>&1 || { cat $(VENV)/install-dev.log; exit 1; }; \
+	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log; exit 1; }
 	@$(PY) -c "import numpy, scipy.signal, scipy.stats, sklearn, matplotlib.pyplot, pytest, xdist" & warm=$$!; \
-	$(PY) -c "import lightning_regkit, lightning.pytorch, torch._dynamo" || { echo "set-up failed"; exit 1; }; \
+	$(PY) -c "import lightning_regkit, lightning.pytorch" || { echo "set-up failed"; exit 1; }; \
 	wait $$warm || { echo "set-up failed"; exit 1; }
 	@touch $@
 
