@@ -37,10 +37,10 @@ $(VENV)/.installed: pyproject.toml
 	fi; \
 	$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; \
 		$$INSTALL $(TORCH_SPEC) >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; }; \
-	$(PY) -W ignore -c "import torch._dynamo" & warm=$$!; \
+	$(PY) -W ignore -c "import torch._dynamo" >$(VENV)/warm.log 2>&1 & warm=$$!; \
 	echo "installing lightning_regkit[dev] (editable)"; \
 	$$INSTALL -e ".[dev]" pip >$(VENV)/install-dev.log 2>&1 || { cat $(VENV)/install-dev.log; exit 1; }; \
-	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log; exit 1; }
+	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }
 	@$(PY) -c "import numpy, scipy.signal, scipy.stats, sklearn, matplotlib.pyplot, pytest, xdist" & warm=$$!; \
 	$(PY) -c "import lightning_regkit, lightning.pytorch" || { echo "set-up failed"; exit 1; }; \
 	wait $$warm || { echo "set-up failed"; exit 1; }
@@ -76,7 +76,7 @@ test: lint
 
 # The inner loop: unit tests only (no slow, multi-process, docs-page or notebook tests), on the same workers.
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not distributed" -p no:nbmake \
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not distributed" \
 		-o addopts="--strict-markers --doctest-modules" -q $(PYTEST_ARGS)
 
 docs: $(VENV)/.installed
