@@ -1,16 +1,28 @@
 """The tour notebook is committed with its outputs, so it reads well on the repository page.
 
-(Running it is nbmake's job: ``notebooks/`` is in pytest's ``testpaths`` with ``--nbmake``.)
+(Running it is ``test_notebook_runs.py``'s job; it checks that a run prints :data:`SECTION_RESULTS` too.)
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from helpers import ROOT
 
-NOTEBOOK = ROOT / "notebooks" / "tour.ipynb"
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "tour.ipynb"
+
+#: (a section's heading, a result it prints): in the stored outputs, and in what a run prints.
+SECTION_RESULTS = [
+    ("## 1. Weight penalties", "exact zeros"),
+    ("## 2. Dropout schedules", "p after fit (restored)"),
+    ("## 3. Early stopping", "reason: PATIENCE_EXHAUSTED"),
+    ("## 4. Seeding", "bit-identical: True"),
+    ("## 4. Seeding", "ci95_high"),
+    ("## 5. Variance by source of randomness", "std ci95 high"),
+    ("## 5. Variance by source of randomness", "| varied | n | std of baseline test acc (95% CI) |"),
+    ("## 5. Variance by source of randomness", "P(A > B) = "),
+]
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +34,7 @@ def _outputs(cells: list[dict], kind: str) -> list[dict]:
     return [o for c in cells if c["cell_type"] == "code" for o in c["outputs"] if kind in o.get("data", {})]
 
 
-def test_every_code_cell_was_executed_in_order_without_errors(cells) -> None:
+def test_every_code_cell_was_executed_in_order_without_errors(cells: list[dict]) -> None:
     counts = [c["execution_count"] for c in cells if c["cell_type"] == "code"]
     assert counts == list(range(1, len(counts) + 1))
     errors = [
@@ -31,25 +43,13 @@ def test_every_code_cell_was_executed_in_order_without_errors(cells) -> None:
     assert errors == []
 
 
-def test_plots_are_inline_png(cells) -> None:
+def test_plots_are_inline_png(cells: list[dict]) -> None:
     # regularization path, schedules, DropoutScheduler run, early stopping, seed sweep, variance by source
     assert len(_outputs(cells, "image/png")) >= 6
 
 
-@pytest.mark.parametrize(
-    ("section", "printed"),
-    [
-        ("## 1. Weight penalties", "exact zeros"),
-        ("## 2. Dropout schedules", "p after fit (restored)"),
-        ("## 3. Early stopping", "reason: PATIENCE_EXHAUSTED"),
-        ("## 4. Seeding", "bit-identical: True"),
-        ("## 4. Seeding", "ci95_high"),
-        ("## 5. Variance by source of randomness", "std ci95 high"),
-        ("## 5. Variance by source of randomness", "| varied | n | std of baseline test acc (95% CI) |"),
-        ("## 5. Variance by source of randomness", "P(A > B) = "),
-    ],
-)
-def test_each_feature_has_its_section_and_result(cells, section, printed) -> None:
+@pytest.mark.parametrize(("section", "printed"), SECTION_RESULTS)
+def test_each_feature_has_its_section_and_result(cells: list[dict], section: str, printed: str) -> None:
     markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
     assert section in markdown
     streams = "".join(
@@ -58,7 +58,7 @@ def test_each_feature_has_its_section_and_result(cells, section, printed) -> Non
     assert printed in streams
 
 
-def test_variance_section_shows_its_figure_after_its_table(cells) -> None:
+def test_variance_section_shows_its_figure_after_its_table(cells: list[dict]) -> None:
     """Section 5: the table by source, then the figure (bars by source and P(kit > baseline))."""
     start = next(i for i, c in enumerate(cells) if "## 5. Variance by source" in "".join(c["source"]))
     section = [c for c in cells[start:] if c["cell_type"] == "code"][:2]
