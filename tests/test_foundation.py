@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 import torch
 from helpers import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
 from torch import nn
+from warm_interpreter import WarmInterpreter
 
 import lightning_regkit
 
@@ -228,6 +230,52 @@ def test_warm_interpreter_child_is_like_a_new_process(tmp_path: Path) -> None:
     for key in entropy:
         assert warm[key] != warm2[key] and warm[key] != fresh_run[key], key
     assert len({warm["pid"], warm2["pid"], fresh_run["pid"]}) == 3
+
+
+SIDE_BY_SIDE = """
+import json, os, sys, time
+start = time.monotonic()
+time.sleep(1.0)
+handler = os.getppid()  # the process serving this client, forked from the shared server
+server = int(open(f"/proc/{handler}/stat").read().rsplit(")", 1)[1].split()[1])
+print(json.dumps({"start": start, "end": time.monotonic(), "server": server, "handler": handler}))
+"""
+
+
+def test_shared_warm_interpreter_serves_clients_side_by_side_and_ends_with_its_owner(tmp_path: Path) -> None:
+    """Under xdist the workers share one warm server: each client's scripts run in a process of its own
+    (two clients' scripts overlap in time), and the server removes its socket and exits once its owner
+    (the pytest run) has ended."""
+    owner = subprocess.Popen(["sleep", "600"])
+    try:
+        clients = [WarmInterpreter.shared([], owner=owner.pid, preload=("json",)) for _ in range(2)]
+        assert clients[0].address == clients[1].address
+        (tmp_path / "s.py").write_text(SIDE_BY_SIDE)
+        results: list[tuple[int | None, str, str, int]] = []
+        threads = [
+            threading.Thread(
+                target=lambda c=c: results.append(c.run(tmp_path / "s.py", tmp_path, dict(os.environ), 60))
+            )
+            for c in clients
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        runs = [json.loads(out) for rc, out, err, _ in results if rc == 0]
+        assert len(runs) == 2, results
+        assert runs[0]["server"] == runs[1]["server"] and runs[0]["handler"] != runs[1]["handler"]
+        assert runs[0]["start"] < runs[1]["end"] and runs[1]["start"] < runs[0]["end"]  # side by side
+        for c in clients:
+            c.close()
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(clients[0].address) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(clients[0].address)
+    _wait_gone(str(runs[0]["server"]))
 
 
 def test_test_helpers_live_in_a_module_of_their_own() -> None:

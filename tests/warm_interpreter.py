@@ -18,6 +18,11 @@ What a child gets, as a fresh ``python script.py`` would:
 - stdout/stderr in files, the exit status of the script (``SystemExit`` code, 1 on an exception, minus
   the signal number when killed), threads joined and ``atexit`` handlers run at exit.
 
+Under pytest-xdist the workers share one server (a Unix socket; the first worker that needs it starts
+it, and it ends when the pytest run does): one interpreter importing Lightning per run, not one per
+worker and per thread. Each connection is served by a process forked from the server, so the workers'
+scripts run side by side.
+
 What it cannot give: interpreter start-up settings (``PYTHONHASHSEED``, ``PYTHONPATH``, ``-X`` options,
 thread-pool sizes read at import). :func:`needs_fresh_interpreter` says when a request must use a
 really new interpreter instead; ``helpers.run_python(..., fresh=True)`` forces one.
@@ -31,10 +36,13 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+import zlib
 from pathlib import Path
 
 #: Modules the server imports once (what nearly every test script imports first).
@@ -61,10 +69,11 @@ for _name in sys.argv[1].split(","):
 _torch = sys.modules.get("torch")
 # torch seeds its default generator from the OS in a new process (recent releases) or with a fixed seed
 _torch_entropy = _torch is not None and _torch.initial_seed() != 67280421310721
-_inp, _out = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
-_out.write(b"ready\n")
+_closing = []  # what a forked child closes first: the server's channels
 
 def _child(req):
+    for f in _closing:
+        f.close()
     os.setsid()
     os.chdir(req["cwd"])
     os.environ.clear()
@@ -100,21 +109,127 @@ def _child(req):
                 pass
         os._exit(code)
 
-for line in _inp:
-    req = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        _inp.close()
-        _out.close()
-        _child(req)
-    _out.write(json.dumps({"pid": pid}).encode() + b"\n")
-    _, status = os.waitpid(pid, 0)
-    _out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+def _serve(inp, out):  # one client's requests, one at a time
+    for line in inp:
+        req = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(req)
+        out.write(json.dumps({"pid": pid}).encode() + b"\n")
+        _, status = os.waitpid(pid, 0)
+        out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+
+if len(sys.argv) == 2:  # one client, over stdin/stdout
+    _inp, _out = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
+    _closing += [_inp, _out]
+    _out.write(b"ready\n")
+    _serve(_inp, _out)
+else:  # shared: a Unix socket, a forked handler per client, until the owner process (pytest) is gone
+    import socket, time
+    _path, _owner, _log = sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    _listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _listener.bind(_path)
+    _listener.listen(64)
+    _listener.settimeout(1.0)
+    os.write(1, b"ready\n")
+    os.close(1)
+    while True:
+        try:
+            _conn, _ = _listener.accept()
+        except socket.timeout:
+            _conn = None
+        while True:  # reap handlers whose client has gone
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if _conn is None:
+            try:
+                os.kill(_owner, 0)
+                continue
+            except ProcessLookupError:
+                for _leftover in (_path, _path + ".lock", _log):
+                    try:
+                        os.unlink(_leftover)
+                    except OSError:
+                        pass
+                os._exit(0)
+        if os.fork() == 0:
+            _listener.close()
+            _conn.settimeout(None)
+            _inp, _out = _conn.makefile("rb", buffering=0), _conn.makefile("wb", buffering=0)
+            _closing += [_inp, _out, _conn]
+            _serve(_inp, _out)
+            os._exit(0)
+        _conn.close()
 """
 
 
+class _Lines:
+    """Lines from a file descriptor, with a timeout (its own buffer: ``select`` sees no buffered line)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = b""
+
+    def readline(self, timeout: float | None) -> bytes:
+        """The next line; ``b""`` when ``timeout`` passed first; ``EOFError`` when the other end closed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not select.select([self.fd], [], [], left)[0]:
+                return b""
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise EOFError("the warm interpreter closed the connection")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line + b"\n"
+
+
+def _server_env(pythonpath: list[str]) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")])
+    return env
+
+
+def _start_server(
+    preload: tuple[str, ...], env: dict[str, str], shared: tuple[str, int] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A server process that imports ``preload``; its stderr goes to a log file (its path returned).
+
+    ``shared=(socket path, owner pid)``: it serves that socket (and removes it, its lock and its log when
+    the owner has gone); otherwise one client over stdin/stdout.
+    """
+    with tempfile.NamedTemporaryFile(prefix="regkit-warm-", suffix=".log", delete=False) as log:
+        args = [",".join(preload)] + ([shared[0], str(shared[1]), log.name] if shared else [])
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVER, *args],
+            stdin=subprocess.DEVNULL if shared else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            start_new_session=True,
+        )
+    return proc, log.name
+
+
+def _wait_ready(lines: _Lines, log: str) -> None:
+    try:
+        ready = lines.readline(120)
+    except EOFError:
+        ready = b""
+    if ready != b"ready\n":
+        raise RuntimeError(f"the warm interpreter did not start: {Path(log).read_text()}")
+
+
 class WarmInterpreter:
-    """One server per test process; :meth:`run` starts a script in a child forked from it.
+    """A client of a server process; :meth:`run` starts a script in a child forked from the server.
+
+    ``WarmInterpreter(pythonpath)`` starts a server of its own (one client, over pipes);
+    :meth:`shared` connects to the server that all the processes of one owner (the pytest-xdist
+    workers of one run) share, starting it when none runs yet.
 
     Example:
         >>> import tempfile
@@ -128,35 +243,65 @@ class WarmInterpreter:
     """
 
     def __init__(self, pythonpath: list[str], preload: tuple[str, ...] = PRELOAD) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, env.get("PYTHONPATH", "")])
-        self._log = tempfile.NamedTemporaryFile(prefix="regkit-warm-", suffix=".log", delete=False)  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", _SERVER, ",".join(preload)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=env,
-            start_new_session=True,
-        )
+        env = _server_env(pythonpath)
         self.pythonpath = env["PYTHONPATH"]
+        self._proc: subprocess.Popen[bytes] | None
+        self._proc, self._log = _start_server(preload, env)
+        assert self._proc.stdout is not None and self._proc.stdin is not None
+        self._lines = _Lines(self._proc.stdout.fileno())
+        self._send_fd = self._proc.stdin.fileno()
+        self._sock: socket.socket | None = None
         self._ready = False
+        self._closed = False
+
+    @classmethod
+    def shared(cls, pythonpath: list[str], owner: int, preload: tuple[str, ...] = PRELOAD) -> WarmInterpreter:
+        """A connection to the server shared by the processes of ``owner`` (a pid) for ``pythonpath``.
+
+        The first caller starts it (under a file lock); it serves every connection in a process forked
+        for it, and exits within a second once ``owner`` has ended.
+        """
+        from filelock import FileLock
+
+        env = _server_env(pythonpath)
+        tag = zlib.crc32("\0".join([env["PYTHONPATH"], *preload]).encode())
+        path = os.path.join(tempfile.gettempdir(), f"regkit-warm-{owner}-{tag:08x}.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        with FileLock(path + ".lock"):
+            try:
+                sock.connect(path)
+            except OSError:  # none runs yet (or a stale socket of an ended run with a reused pid)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                proc, log = _start_server(preload, env, shared=(path, owner))
+                assert proc.stdout is not None
+                _wait_ready(_Lines(proc.stdout.fileno()), log)
+                proc.stdout.close()
+                _STARTED.append(proc)
+                sock.connect(path)
+        self = cls.__new__(cls)
+        self.pythonpath, self._proc, self._log = env["PYTHONPATH"], None, ""
+        self._sock, self._lines, self._send_fd = sock, _Lines(sock.fileno()), sock.fileno()
+        self._ready, self._closed, self.address = True, False, path
+        return self
 
     def alive(self) -> bool:
-        """Whether the server process still runs."""
-        return self._proc.poll() is None
+        """Whether the server (or the connection to the shared one) can still take a script."""
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return not self._closed
 
     def _readline(self, timeout: float | None) -> bytes:
-        assert self._proc.stdout is not None
-        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
-        if not ready:
-            return b""
-        return self._proc.stdout.readline()
+        try:
+            return self._lines.readline(timeout)
+        except EOFError as err:
+            self._closed = True
+            log = Path(self._log).read_text() if self._log else ""
+            raise RuntimeError(f"the warm interpreter ended: {log}") from err
 
     def _start(self) -> None:
         if not self._ready:
-            if self._readline(120) != b"ready\n":
-                raise RuntimeError(f"the warm interpreter did not start: {Path(self._log.name).read_text()}")
+            _wait_ready(self._lines, self._log)
             self._ready = True
 
     def run(
@@ -173,7 +318,6 @@ class WarmInterpreter:
         (to collect stacks) and the child's whole process group is killed before returning.
         """
         self._start()
-        assert self._proc.stdin is not None
         with tempfile.TemporaryDirectory(prefix="regkit-out-") as out:
             request = {
                 "script": str(Path(script).resolve()),
@@ -182,8 +326,9 @@ class WarmInterpreter:
                 "stdout": os.path.join(out, "stdout"),
                 "stderr": os.path.join(out, "stderr"),
             }
-            self._proc.stdin.write(json.dumps(request).encode() + b"\n")
-            self._proc.stdin.flush()
+            data = json.dumps(request).encode() + b"\n"
+            while data:
+                data = data[os.write(self._send_fd, data) :]
             pid = json.loads(self._readline(60))["pid"]
             line = self._readline(timeout)
             rc: int | None
@@ -203,7 +348,13 @@ class WarmInterpreter:
         return rc, stdout, stderr, pid
 
     def close(self) -> None:
-        """Stop the server."""
+        """Stop the server (own one), or close the connection (shared one: the server goes on)."""
+        self._closed = True
+        if self._sock is not None:
+            with contextlib.suppress(OSError):
+                self._sock.close()
+            return
+        assert self._proc is not None
         with contextlib.suppress(Exception):
             assert self._proc.stdin is not None
             self._proc.stdin.close()
@@ -213,22 +364,29 @@ class WarmInterpreter:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._proc.pid, signal.SIGKILL)
         with contextlib.suppress(OSError):
-            os.unlink(self._log.name)
+            os.unlink(self._log)
 
 
 _servers: dict[tuple[str, int], WarmInterpreter] = {}
+_STARTED: list[subprocess.Popen[bytes]] = []  # shared servers this process started (they outlive it)
 
 
 def server_for(pythonpath: list[str]) -> WarmInterpreter:
     """The warm interpreter of this thread of the test process for ``pythonpath`` (started on first use).
 
-    One per thread: a server runs one script at a time, and a test process may run a script in a
-    background thread (``conftest.py`` starts the DDP battery that way) while its tests run others.
+    One connection per thread: a server runs one script at a time for a client, and a test process may
+    run a script in a background thread (``conftest.py`` starts the DDP battery that way) while its
+    tests run others. Under pytest-xdist the connections go to the one server of the run (its owner:
+    the pytest process that started the workers); otherwise each thread has a server of its own.
     """
     key = (os.pathsep.join(pythonpath), threading.get_ident())
     server = _servers.get(key)
     if server is None or not server.alive():
-        server = _servers[key] = WarmInterpreter(pythonpath)
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            server = WarmInterpreter.shared(pythonpath, owner=os.getppid())
+        else:
+            server = WarmInterpreter(pythonpath)
+        _servers[key] = server
     return server
 
 
