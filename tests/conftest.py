@@ -89,6 +89,28 @@ def _source(function: Callable[..., Any]) -> str:
         return ""
 
 
+def _reads_ddp_battery(item: pytest.Item, cache: dict[Any, bool]) -> bool:
+    function = getattr(item, "function", None)
+    if function not in cache:  # one look per test function, not per parametrized case
+        cache[function] = function is not None and "ddp_battery" in _source(function)
+    return cache[function]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` run first and the tests that read the DDP battery last (a stable sort, the
+    same in every xdist worker): long runs start early and short tests fill the end, so the workers
+    finish together instead of one running a long test alone at the end; the battery, produced in the
+    background from the start, is ready when its readers come."""
+    cache: dict[Any, bool] = {}
+
+    def rank(item: pytest.Item) -> int:
+        if _reads_ddp_battery(item, cache):
+            return 2
+        return 0 if item.get_closest_marker("slow") else 1
+
+    items.sort(key=rank)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ddp_battery_in_background(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -97,11 +119,8 @@ def _ddp_battery_in_background(
     the start, when any selected test reads it: the tests that need it find it done (or wait less)
     instead of one worker idling on the battery's lock while the other runs it. Without xdist, or when
     no selected test needs it, nothing happens here: the tests produce it when they first ask."""
-    functions = {item.function for item in request.session.items if isinstance(item, pytest.Function)}
-    needed = any(
-        "ddp_battery" in _source(function)
-        for function in functions  # one look per test function, not per parametrized case
-    )
+    cache: dict[Any, bool] = {}
+    needed = any(_reads_ddp_battery(item, cache) for item in request.session.items)
     thread = None
     if needed and os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
         import ddp_battery
