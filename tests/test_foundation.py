@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,31 @@ def test_shared_warm_interpreter_serves_clients_side_by_side_and_ends_with_its_o
         time.sleep(0.1)
     assert not os.path.exists(clients[0].address)
     _wait_gone(str(runs[0]["server"]))
+
+
+@pytest.mark.slow
+def test_xdist_controller_leaves_warning_classes_to_the_workers(tmp_path: Path) -> None:
+    """A warning of a class from outside the builtins (as Lightning's ``PossibleUserWarning``) reaches the
+    summary, with its class named, without the xdist controller importing the class's module (for
+    Lightning's warnings that import costs the controller ~8 s of CPU: torch and Lightning)."""
+    (tmp_path / "kitwarn.py").write_text(
+        "import os\nopen(f'imported-by-{os.getpid()}', 'w').close()\n"
+        "class KitLikeWarning(UserWarning):\n    pass\n"
+    )
+    (tmp_path / "test_w.py").write_text(
+        "import warnings, kitwarn\ndef test_warns():\n    warnings.warn('boo', kitwarn.KitLikeWarning)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(tmp_path)])}
+    args = ["-m", "pytest", "-n", "2", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_w.py"]
+    controller = subprocess.Popen(
+        [sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    out, _ = controller.communicate(timeout=120)
+    assert controller.returncode == 0, out
+    assert "UserWarning: kitwarn.KitLikeWarning: boo" in out, out
+    importers = {p.name for p in tmp_path.glob("imported-by-*")}
+    assert importers and f"imported-by-{controller.pid}" not in importers, importers
 
 
 def test_test_helpers_live_in_a_module_of_their_own() -> None:
