@@ -74,10 +74,11 @@ test: lint
 	wait $$mypy; mypy_rc=$$?; echo "--- mypy"; cat $(VENV)/mypy.log; \
 	test $$mypy_rc -eq 0 || { echo "mypy failed"; exit 1; }; exit $$rc
 
-# The inner loop: unit tests only (no slow, multi-process, docs-page or notebook tests), on the same workers.
+# The inner loop: unit tests only (no slow, multi-process, torch.compile, whole-run integration, docs-page or
+# notebook tests), on the same workers.
 test-fast: $(VENV)/.installed
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not distributed" \
-		-o addopts="--strict-markers --doctest-modules" -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not slow and not distributed and not compile and not integration" \
+		-q $(PYTEST_ARGS)
 
 docs: $(VENV)/.installed
 	$(VENV)/bin/mkdocs build --strict

@@ -112,12 +112,22 @@ def _reads_ddp_battery(item: pytest.Item, cache: dict[Any, bool]) -> bool:
     return cache[function]
 
 
+_COMPILING_DOCTESTS = (
+    "lightning_regkit/compiled.py::",
+    "lightning_regkit/dropout.py::lightning_regkit.dropout.uses_torch_compile",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``slow`` run first and the tests that read the DDP battery last (a stable sort, the
+    """Doctests that compile are marked ``compile``. Tests marked ``slow`` run first and the
+    tests that read the DDP battery last (a stable sort, the
     same in every xdist worker): long runs start early and short tests fill the end, so the workers
     finish together instead of one running a long test alone at the end; the battery, produced in the
     background from the start, is ready when its readers come."""
     cache: dict[Any, bool] = {}
+    for item in items:  # docstring examples that run torch.compile (the compiled kernel's: with Inductor)
+        if item.nodeid.startswith(_COMPILING_DOCTESTS):
+            item.add_marker(pytest.mark.compile)
 
     def rank(item: pytest.Item) -> int:
         if _reads_ddp_battery(item, cache):

@@ -43,6 +43,8 @@ from lightning_regkit.callbacks.dropout import DropoutScheduler
 from lightning_regkit.dropout import TENSOR_P_TRACEABLE, DropoutDriver, find_dropout_modules, tensor_p_dropout
 from lightning_regkit.schedules import Constant, Linear
 
+pytestmark = pytest.mark.integration  # whole fits through Lightning: make test, not make test-fast
+
 _ALPHA = 1.7580993408473766  # SELU's scale * alpha (ATen's alpha dropout)
 
 BATCHES = 4  # per epoch: SyntheticDataModule has 64 samples in batches of 16
@@ -285,6 +287,7 @@ OLD_DYNAMO = (
 NEW_DYNAMO = "torch >= 2.6 compiles a tensor p into one graph (tested on that side)"
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:dropout2d. Received a 3D input")
 @pytest.mark.skipif(not TENSOR_P_TRACEABLE, reason=OLD_DYNAMO)
@@ -313,6 +316,7 @@ def test_new_p_does_not_recompile() -> None:
     assert backend.p_inputs == [[p] * 11 for p in values]
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:dropout2d. Received a 3D input")
 @pytest.mark.skipif(TENSOR_P_TRACEABLE, reason=NEW_DYNAMO)
@@ -339,6 +343,7 @@ def test_before_torch_2_6_a_new_p_breaks_the_graph_but_never_recompiles() -> Non
     assert any("TorchFunctionMode" in reason for reason in breaks[12]), breaks[12]  # the cause, as documented
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("driven", [True, False], ids=["kit", "plain-float"])
 @pytest.mark.parametrize("kind", ["Dropout", "MultiheadAttention"])
 def test_compiled_dropout_drops_at_each_scheduled_p(kind: str, driven: bool) -> None:
@@ -385,6 +390,7 @@ def test_compiled_dropout_drops_at_each_scheduled_p(kind: str, driven: bool) -> 
         assert compilations[0] < compilations[1] < compilations[2], compilations  # one more per value
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("kind", ["Dropout", "MultiheadAttention"])
 def test_control_float_p_recompiles(kind: str) -> None:
     """The counting above can fail: the same loop writing floats compiles once per value (up to the limit)."""
@@ -403,6 +409,7 @@ def test_control_float_p_recompiles(kind: str) -> None:
         assert backend.graphs == 1
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(not TENSOR_P_TRACEABLE, reason=OLD_DYNAMO)
 def test_compiled_model_inside_lightning_module_fit(tmp_path: Path) -> None:
     torch._dynamo.reset()
@@ -424,6 +431,7 @@ def test_compiled_model_inside_lightning_module_fit(tmp_path: Path) -> None:
     assert type(net.encoder.self_attn.dropout) is float
 
 
+@pytest.mark.compile
 @pytest.mark.skipif(TENSOR_P_TRACEABLE, reason=NEW_DYNAMO)
 def test_before_torch_2_6_a_compiled_fit_warns_and_never_recompiles(tmp_path: Path) -> None:
     graphs = {}
@@ -441,6 +449,7 @@ def test_before_torch_2_6_a_compiled_fit_warns_and_never_recompiles(tmp_path: Pa
     assert type(net.drop.p) is float and net.drop.p == 0.1
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("traceable", [True, False])
 @pytest.mark.parametrize("compiled", [True, False])
 def test_warning_for_torch_before_2_6_only_when_the_model_is_compiled(
@@ -572,6 +581,7 @@ def test_tensor_p_dropout_has_dropouts_distribution(feature: bool, alpha: bool) 
     assert tensor_p_dropout(x, torch.tensor(p), training=False) is x
 
 
+@pytest.mark.compile
 @pytest.mark.parametrize("need_weights", [False, True])
 def test_compiled_attention_matches_eager_and_drops_at_rate_p(need_weights: bool) -> None:
     torch._dynamo.reset()

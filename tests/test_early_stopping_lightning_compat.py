@@ -30,6 +30,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning_regkit._compat import LIGHTNING_HAS_STOPPING_REASON, EarlyStoppingReason
 from lightning_regkit.callbacks.early_stopping import EarlyStopping
 
+pytestmark = pytest.mark.integration  # whole fits through Lightning: make test, not make test-fast
+
 CLASSES = [LightningEarlyStopping, EarlyStopping]
 # Lightning's class has stopping_reason / stopping_reason_message only from Lightning 2.6 on
 NO_REASONS = "Lightning < 2.6: its EarlyStopping has no stopping_reason (the kit's has, from _compat)"

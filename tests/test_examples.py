@@ -296,6 +296,7 @@ def test_cli_config_reproduces_the_demo_kit_run(tmp_path, monkeypatch) -> None:
     assert weights_sha256(cli.model) == kit.sha256
 
 
+@pytest.mark.slow
 def test_every_public_callback_and_penalty_from_yaml(tmp_path) -> None:
     """Every public callback, schedule and penalty is configurable from YAML (``class_path``); they fit."""
     config = {

@@ -243,6 +243,7 @@ print(json.dumps({"start": start, "end": time.monotonic(), "server": server, "ha
 """
 
 
+@pytest.mark.slow
 def test_shared_warm_interpreter_serves_clients_side_by_side_and_ends_with_its_owner(tmp_path: Path) -> None:
     """Under xdist the workers share one warm server: each client's scripts run in a process of its own
     (two clients' scripts overlap in time), and the server removes its socket and exits once its owner

@@ -23,6 +23,8 @@ import pytest
 import torch
 from helpers import max_abs_diff, run_python
 
+pytestmark = pytest.mark.integration  # whole fits through Lightning: make test, not make test-fast
+
 # The run every integration/fault/distributed test shares. ``CFG`` is substituted as a dict literal.
 KIT_SCRIPT = """
 import json, os, signal, sys

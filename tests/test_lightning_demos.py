@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
+pytestmark = pytest.mark.integration  # whole fits through Lightning: make test, not make test-fast
+
 L2_S = 0.01
 EPOCHS, BATCHES = 2, 3
 

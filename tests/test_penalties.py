@@ -304,6 +304,7 @@ def test_fused_chunked_plan_matches_reference_on_large_tensors(order: str) -> No
 
 
 # ----------------------------------------------------------------------------- compiled kernel
+@pytest.mark.compile
 @pytest.mark.slow
 @needs_cxx
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -332,6 +333,7 @@ def test_compiled_kernel_matches_foreach_and_never_recompiles(dtype: torch.dtype
     assert any(not torch.equal(g, torch.full_like(g, 0.125)) for g in grads[True])  # it did add something
 
 
+@pytest.mark.compile
 @pytest.mark.slow
 @needs_cxx
 def test_compiled_kernel_is_reused_by_a_new_model_of_the_same_layout() -> None:
@@ -356,6 +358,7 @@ def test_compiled_kernel_is_reused_by_a_new_model_of_the_same_layout() -> None:
     assert not torch.equal(net.fc1.weight.grad, torch.ones_like(net.fc1.weight))
 
 
+@pytest.mark.compile
 def test_compiled_kernel_falls_back_to_foreach_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a working compiler the plan warns once and uses the foreach kernels (same gradient)."""
     import lightning_regkit.compiled as compiled_mod

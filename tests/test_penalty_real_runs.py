@@ -25,6 +25,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_regkit import L1, L2, RegularizedModule, WeightPenalty
 from lightning_regkit.schedules import Linear
 
+pytestmark = pytest.mark.integration  # whole fits through Lightning: make test, not make test-fast
+
 L2_S = 0.25
 N_BATCHES = 4
 
@@ -461,6 +463,7 @@ def test_complex_parameters(proximal: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- hooks only
+@pytest.mark.compile
 @pytest.mark.slow
 def test_callback_leaves_the_compiled_wrapper_in_place(tmp_path: Path) -> None:
     model = Net("plain")
@@ -535,6 +538,7 @@ def test_lbfgs_sees_the_penalty_in_the_module_form_and_the_callback_refuses_it(t
 
 
 # ----------------------------------------------------------------------------- torch.compile
+@pytest.mark.compile
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["module", "callback"])
 @pytest.mark.parametrize("mode", ["fast", "autograd"])

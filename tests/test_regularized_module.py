@@ -78,6 +78,7 @@ PEN = {"l1": 1e-3, "l2": 2e-2}
 
 
 # ----------------------------------------------------------------------------- equivalences
+@pytest.mark.compile
 @pytest.mark.slow
 def test_fast_autograd_callback_agree_and_returned_loss_includes_value(tmp_path: Path) -> None:
     runs = {}

@@ -140,7 +140,10 @@ BASE = {"seed": 1, "init": 10, "data": 20, "train": 30}
 
 
 # ----------------------------------------------------------------------------- each source alone
-@pytest.fixture(scope="module", params=[0, 2], ids=["main-process", "2-workers"])
+WORKERS = [0, pytest.param(2, marks=pytest.mark.slow)]  # 2 DataLoader worker processes: slow
+
+
+@pytest.fixture(scope="module", params=WORKERS, ids=["main-process", "2-workers"])
 def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """One fit with BASE, BASE again, and BASE with each source (and the run seed alone) changed."""
     workers = request.param
@@ -223,7 +226,7 @@ class _PreviousRelease(Callback):
         pl.seed_everything(self.seed, workers=True, verbose=False)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", WORKERS)
 def test_default_is_one_stream_bit_identical_to_before(tmp_path: Path, workers: int) -> None:
     kit = fit(tmp_path, SeedEverything(5), workers)
     pl.seed_everything(5, workers=True, verbose=False)
