@@ -41,6 +41,8 @@ $(VENV)/.installed: pyproject.toml
 	echo "installing lightning_regkit[dev] (editable)"; \
 	$$INSTALL -e ".[dev]" pip >$(VENV)/install-dev.log 2>&1 || { cat $(VENV)/install-dev.log; exit 1; }; \
 	$(PY) -c "import numpy, scipy.signal, scipy.stats, sklearn, matplotlib.pyplot, pytest, xdist" & warm2=$$!; \
+	SITE="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
+	$(PY) -m compileall -q $$SITE/lightning $$SITE/torchmetrics $$SITE/lightning_utilities >/dev/null; \
 	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }; \
 	$(PY) -c "import lightning_regkit, lightning.pytorch" || { echo "set-up failed"; exit 1; }; \
 	wait $$warm2 || { echo "set-up failed"; exit 1; }
