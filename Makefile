@@ -23,7 +23,7 @@ unexport PYTHONDONTWRITEBYTECODE
 # Set-up installs with uv (parallel, from the places pip is configured to use: tools/uv_args.py), into a
 # venv created without pip (pip then comes with the dev extra); where uv cannot be had, with pip.
 # Imports of what every run imports write its bytecode once, side by side with the installation:
-# torch's while the dev extras install, then the scientific stack's beside it, then Lightning's.
+# torch's while the dev extras install, then Lightning's and the scientific stack's in two processes.
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
 	@if test -x $(VENV)/bin/uv || $(PYTHON) -m pip --python $(PY) install $(PIP_OPTS) uv >$(VENV)/install.log 2>&1; then \
@@ -40,12 +40,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -W ignore -c "import torch._dynamo" >$(VENV)/warm.log 2>&1 & warm=$$!; \
 	echo "installing lightning_regkit[dev] (editable)"; \
 	$$INSTALL -e ".[dev]" pip >$(VENV)/install-dev.log 2>&1 || { cat $(VENV)/install-dev.log; exit 1; }; \
-	$(PY) -c "import numpy, scipy.signal, scipy.stats, sklearn, matplotlib.pyplot, pytest, xdist" & warm2=$$!; \
-	SITE="$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"; \
-	$(PY) -m compileall -q $$SITE/lightning $$SITE/torchmetrics $$SITE/lightning_utilities >/dev/null; \
-	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }; \
+	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }
+	@$(PY) -c "import numpy, scipy.signal, scipy.stats, sklearn, matplotlib.pyplot, pytest, xdist" & warm=$$!; \
 	$(PY) -c "import lightning_regkit, lightning.pytorch" || { echo "set-up failed"; exit 1; }; \
-	wait $$warm2 || { echo "set-up failed"; exit 1; }
+	wait $$warm || { echo "set-up failed"; exit 1; }
 	@touch $@
 
 setup: $(VENV)/.installed
