@@ -119,11 +119,12 @@ _COMPILING_DOCTESTS = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Doctests that compile are marked ``compile``. Tests marked ``slow`` run first and the
-    tests that read the DDP battery last (a stable sort, the
-    same in every xdist worker): long runs start early and short tests fill the end, so the workers
-    finish together instead of one running a long test alone at the end; the battery, produced in the
-    background from the start, is ready when its readers come."""
+    """Doctests that compile are marked ``compile``; then the order (a stable sort, the same in every xdist
+    worker): the ``compile`` tests first, together (pytest-xdist hands each worker a contiguous share of
+    the list to start with and steals from the ends of the shares, so one worker pays for Dynamo's and
+    Inductor's first use), then the tests marked ``slow`` (long runs start early and short tests fill the
+    end: the workers finish together), then the rest, and the tests that read the DDP battery last (it is
+    produced in the background from the start, and ready when they come)."""
     cache: dict[Any, bool] = {}
     for item in items:  # docstring examples that run torch.compile (the compiled kernel's: with Inductor)
         if item.nodeid.startswith(_COMPILING_DOCTESTS):
@@ -131,8 +132,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
     def rank(item: pytest.Item) -> int:
         if _reads_ddp_battery(item, cache):
-            return 2
-        return 0 if item.get_closest_marker("slow") else 1
+            return 3
+        if item.get_closest_marker("compile"):
+            return 0
+        return 1 if item.get_closest_marker("slow") else 2
 
     items.sort(key=rank)
 
