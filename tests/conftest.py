@@ -91,6 +91,22 @@ def digits_dm() -> Any:
     return DigitsDataModule(batch_size=64)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Every ``Trainer()`` looks for external callbacks registered as entry points, and that lookup reads
+    the metadata of every installed distribution (12.7 ms of a Trainer's 13.4 ms here; ~1,600 Trainers in
+    this suite). Nothing is installed into the test processes' environment during a run, so once the test
+    modules are imported (Lightning with them), both namespaces' lookups go through one cached call."""
+    import importlib.metadata
+    import sys
+    from functools import cache
+
+    cached = cache(importlib.metadata.entry_points)
+    for name in ("lightning.fabric.utilities.registry", "lightning_fabric.utilities.registry"):
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "entry_points", None) is importlib.metadata.entry_points:
+            module.entry_points = cached  # type: ignore[attr-defined]
+
+
 @pytest.fixture(autouse=True)
 def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep global seeding environment variables from leaking between tests."""
