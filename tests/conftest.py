@@ -17,24 +17,10 @@ import os
 # the caller is kept.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import atexit
-    import contextlib
-    import sys
-
-    def _end_now() -> None:
-        """The last exit handler of an xdist worker (registered first): every result has reached the
-        controller and every other handler has run; the process ends here instead of tearing down an
-        interpreter that holds torch and Lightning (2-3 s, which the controller waits for)."""
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):  # a closed stream: nothing left to flush
-                stream.flush()
-        os._exit(0)
-
-    atexit.register(_end_now)
-
+import atexit
 import contextlib
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -91,13 +77,32 @@ def digits_dm() -> Any:
     return DigitsDataModule(batch_size=64)
 
 
+_in_xdist_worker = False  # set by pytest_configure (config.workerinput: xdist's mark of a worker process)
+
+
+def _end_now() -> None:
+    """The last exit handler of an xdist worker: every result has reached the controller and every other
+    handler has run; the process ends here instead of tearing down an interpreter that holds torch and
+    Lightning (2-3 s, which the controller waits for)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed stream: nothing left to flush
+            stream.flush()
+    os._exit(0)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _in_xdist_worker
+    if hasattr(config, "workerinput"):
+        _in_xdist_worker = True
+        atexit.register(_end_now)  # before torch and the tests register theirs: it runs after them
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Every ``Trainer()`` looks for external callbacks registered as entry points, and that lookup reads
     the metadata of every installed distribution (12.7 ms of a Trainer's 13.4 ms here; ~1,600 Trainers in
     this suite). Nothing is installed into the test processes' environment during a run, so once the test
     modules are imported (Lightning with them), both namespaces' lookups go through one cached call."""
     import importlib.metadata
-    import sys
     from functools import cache
 
     cached = cache(importlib.metadata.entry_points)
@@ -189,7 +194,7 @@ def pytest_warning_recorded(warning_message: Any) -> None:
     class name leading its text: the controller rebuilds each warning it is sent from its class's module,
     and one Lightning warning would make it import torch and Lightning (~8 s of CPU, 400 MB)."""
     category = warning_message.category
-    if os.environ.get("PYTEST_XDIST_WORKER") and category.__module__ != "builtins":
+    if _in_xdist_worker and category.__module__ != "builtins":
         base = next(c for c in category.__mro__ if c.__module__ == "builtins")
         text = f"{category.__module__}.{category.__qualname__}: {warning_message.message}"
         warning_message.message, warning_message.category = base(text), base

@@ -292,7 +292,8 @@ def test_xdist_controller_leaves_warning_classes_to_the_workers(tmp_path: Path) 
     (tmp_path / "test_w.py").write_text(
         "import warnings, kitwarn\ndef test_warns():\n    warnings.warn('boo', kitwarn.KitLikeWarning)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(tmp_path)])}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # not this run's worker
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(tmp_path)])
     args = ["-m", "pytest", "-n", "2", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_w.py"]
     controller = subprocess.Popen(
         [sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
