@@ -31,7 +31,7 @@ $(VENV)/.installed: pyproject.toml
 		INSTALL="$(VENV)/bin/uv pip install -q --python $(PY) $$UV_ARGS"; \
 	else \
 		echo "uv is not available: installing with pip"; \
-		$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip -q >$(VENV)/install.log 2>&1 || { \
+		$(PY) -m pip --version >/dev/null 2>&1 || $(PY) -m ensurepip >$(VENV)/install.log 2>&1 || { \
 			cat $(VENV)/install.log; exit 1; }; \
 		INSTALL="$(PY) -m pip install $(PIP_OPTS)"; \
 	fi; \
