@@ -90,11 +90,56 @@ def _end_now() -> None:
     os._exit(0)
 
 
+#: ``REGKIT_FORK_WORKERS=0``: pytest-xdist starts its workers as new interpreters (its default).
+FORK_WORKERS_VAR = "REGKIT_FORK_WORKERS"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fork_workers(config: pytest.Config) -> None:
+    """In the xdist controller (workers started from ``-n N``, on Linux): start the run's shared warm
+    interpreter now, and have each worker forked from it (:mod:`warm_worker`) instead of starting a new
+    interpreter that imports torch and Lightning again (~8 s of CPU per worker here). The server imports
+    while xdist sets up; the workers' launchers wait for it, and fall back to a new interpreter without it."""
+    import shlex
+    import socket
+
+    specs = config.getoption("tx", None) or []
+    if (
+        os.environ.get(FORK_WORKERS_VAR, "1") == "0"
+        or not config.getoption("numprocesses", None)
+        or config.getoption("dist", "no") == "no"
+        or config.getoption("collectonly")
+        or specs != ["popen"] * len(specs)  # workers of the user's own --tx specs stay as they are
+        or sys.platform != "linux"
+        or not hasattr(socket, "send_fds")
+    ):
+        return
+    from warm_interpreter import OWNER_VAR, SCRIPT_PYTHONPATH, ensure_shared_server
+
+    owner = os.environ.get(OWNER_VAR, "")
+    if not (owner.isdigit() and _alive(int(owner))):  # a pytest run inside a test reuses its run's server
+        owner = os.environ[OWNER_VAR] = str(os.getpid())  # the launchers and the workers find it by this
+    ensure_shared_server(SCRIPT_PYTHONPATH, int(owner))
+    python = shlex.join([sys.executable, str(Path(__file__).with_name("warm_worker.py"))])
+    config.option.tx = [f"popen//python={python}"] * len(specs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     global _in_xdist_worker
     if hasattr(config, "workerinput"):
         _in_xdist_worker = True
         atexit.register(_end_now)  # before torch and the tests register theirs: it runs after them
+    else:
+        _fork_workers(config)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -139,24 +184,47 @@ _COMPILING_DOCTESTS = (
 )
 
 
+#: The longest of the ``slow`` tests (measured: 4-14 s each on the 2-core test machine), longest first: they
+#: start the slow group, so that no worker is left with one of them at the end while the other has finished
+#: (pytest-xdist's worksteal takes the waiting tests from the end of a worker's share, never the running
+#: one). A test missing here only runs in collection order among the other slow tests.
+_LONGEST_FIRST = (
+    "tests/test_notebook_runs.py::test_the_tour_runs",
+    "tests/test_integration.py::",  # two runs, one in a new interpreter, in the fixture of its first test
+    "tests/test_examples.py::test_demo_variance_from_the_command_line",
+    "tests/test_foundation.py::test_ddp_on_cpu_runs",
+    "tests/test_resume_exact.py::test_validation_end_checkpoint_resumes_exactly",
+    "tests/test_foundation.py::test_xdist_workers_forked_from_the_warm_interpreter",
+    "tests/test_examples.py::test_demo_prints_table",
+    "tests/test_docs_site.py::",
+    "tests/test_faults.py::test_three_sigkills",
+    "tests/test_foundation.py::test_warm_interpreter_child_is_like_a_new_process",
+)
+
+
+def _longest_first(item: pytest.Item) -> int:
+    places = (i for i, prefix in enumerate(_LONGEST_FIRST) if item.nodeid.startswith(prefix))
+    return next(places, len(_LONGEST_FIRST))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Doctests that compile are marked ``compile``; then the order (a stable sort, the same in every xdist
     worker): the ``compile`` tests first, together (pytest-xdist hands each worker a contiguous share of
     the list to start with and steals from the ends of the shares, so one worker pays for Dynamo's and
-    Inductor's first use), then the tests marked ``slow`` (long runs start early and short tests fill the
-    end: the workers finish together), then the rest, and the tests that read the DDP battery last (it is
-    produced in the background from the start, and ready when they come)."""
+    Inductor's first use), then the tests marked ``slow``, the longest first (long runs start early and
+    short tests fill the end: the workers finish together), then the rest, and the tests that read the DDP
+    battery last (it is produced in the background from the start, and ready when they come)."""
     cache: dict[Any, bool] = {}
     for item in items:  # docstring examples that run torch.compile (the compiled kernel's: with Inductor)
         if item.nodeid.startswith(_COMPILING_DOCTESTS):
             item.add_marker(pytest.mark.compile)
 
-    def rank(item: pytest.Item) -> int:
+    def rank(item: pytest.Item) -> tuple[int, int]:
         if _reads_ddp_battery(item, cache):
-            return 3
+            return 3, 0
         if item.get_closest_marker("compile"):
-            return 0
-        return 1 if item.get_closest_marker("slow") else 2
+            return 0, 0
+        return (1, _longest_first(item)) if item.get_closest_marker("slow") else (2, 0)
 
     items.sort(key=rank)
 

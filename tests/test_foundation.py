@@ -10,14 +10,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import ddp_battery
 import pytest
 import torch
 from helpers import ROOT, LitClassifier, TinyMLP, TinyTransformer, run_python
 from torch import nn
-from warm_interpreter import WarmInterpreter
+from warm_interpreter import PRELOAD_VAR, WarmInterpreter
 
 import lightning_regkit
 
@@ -294,7 +296,8 @@ def test_xdist_controller_leaves_warning_classes_to_the_workers(tmp_path: Path) 
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}  # not this run's worker
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "tests"), str(tmp_path)])
-    args = ["-m", "pytest", "-n", "2", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_w.py"]
+    env["REGKIT_FORK_WORKERS"] = "0"  # workers as xdist starts them (forked ones: the test below)
+    args = ["-m", "pytest", "-n", "1", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_w.py"]
     controller = subprocess.Popen(
         [sys.executable, *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True,
@@ -304,6 +307,128 @@ def test_xdist_controller_leaves_warning_classes_to_the_workers(tmp_path: Path) 
     assert "UserWarning: kitwarn.KitLikeWarning: boo" in out, out
     importers = {p.name for p in tmp_path.glob("imported-by-*")}
     assert importers and f"imported-by-{controller.pid}" not in importers, importers
+
+
+WORKER_PROBE = """
+import json, os, sys
+PRELOADED = "colorsys" in sys.modules  # what the light server of these runs imports
+
+def test_probe():
+    record = {
+        "argv": sys.argv, "path": [p for p in sys.path if "pytest" not in p], "cwd": os.getcwd(),
+        "var": os.environ.get("PROBE_VAR"), "main": sys.modules["__main__"].__name__,
+        "stdin": sys.__stdin__.fileno(), "stdout": sys.__stdout__.fileno(), "preloaded": PRELOADED,
+        "parent": open(f"/proc/{os.getppid()}/cmdline").read().split("\\0")[1],
+    }
+    with open("probe.json", "w") as f:
+        json.dump(record, f)
+
+def test_crash():
+    if os.environ.get("PROBE_CRASH"):
+        os._exit(3)
+"""
+
+
+def _nested_xdist(tmp_path: Path, **env: str) -> tuple[str, dict[str, Any]]:
+    """``pytest -n 1`` on :data:`WORKER_PROBE` in a new pytest process; its output and the probe's record."""
+    (tmp_path / "probe.json").unlink(missing_ok=True)
+    (tmp_path / "test_probe.py").write_text(WORKER_PROBE)
+    args = ["-m", "pytest", "-n", "1", "-p", "conftest", "-p", "no:cacheprovider", "-q", "test_probe.py"]
+    full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(tmp_path)]), **env}
+    full_env[PRELOAD_VAR] = "colorsys"  # a light server: these runs stay small
+    full_env = {k: v for k, v in full_env.items() if not k.startswith("PYTEST_XDIST")}  # not our worker's
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=300
+    )
+    return proc.stdout + proc.stderr, json.loads((tmp_path / "probe.json").read_text())
+
+
+@pytest.mark.slow
+def test_xdist_workers_forked_from_the_warm_interpreter_are_like_new_interpreters(tmp_path: Path) -> None:
+    """Under ``pytest -n N`` each worker is forked from the run's warm interpreter (torch and Lightning
+    already imported) by :mod:`warm_worker`; what a test sees is what it sees in a worker that xdist starts
+    as a new interpreter (``REGKIT_FORK_WORKERS=0``); a worker that dies is reported and replaced as xdist
+    does."""
+    out, forked = _nested_xdist(tmp_path, PROBE_VAR="x", PROBE_CRASH="1")
+    assert re.search(r"worker '?gw0'? crashed", out, re.I) and "1 failed, 1 passed" in out, out
+    out, new = _nested_xdist(tmp_path, PROBE_VAR="x", REGKIT_FORK_WORKERS="0")
+    assert "2 passed" in out, out
+    same = ["argv", "path", "cwd", "var", "main", "stdin", "stdout"]
+    assert {k: forked[k] for k in same} == {k: new[k] for k in same}
+    assert forked["argv"] == ["-c"] and forked["var"] == "x"
+    assert forked["preloaded"] and not new["preloaded"]
+    # a new worker's parent is the pytest controller; a forked one's is the server's handler ("python -c")
+    assert (forked["parent"], new["parent"]) == ("-c", "-m")
+
+
+WARM_WORKER = ROOT / "tests" / "warm_worker.py"
+
+
+@pytest.fixture
+def warm_owner() -> Iterator[str]:
+    """The pid that owns a shared warm interpreter: this xdist run's, or a stand-in process for this test."""
+    from warm_interpreter import OWNER_VAR
+
+    if os.environ.get(OWNER_VAR):
+        yield os.environ[OWNER_VAR]
+        return
+    stand_in = subprocess.Popen(["sleep", "600"])
+    yield str(stand_in.pid)
+    stand_in.kill()
+    stand_in.wait()
+
+
+@pytest.mark.slow
+def test_warm_worker_runs_a_command_in_a_forked_child_and_exits_as_it_did(warm_owner: str) -> None:
+    from warm_interpreter import OWNER_VAR, SCRIPT_PYTHONPATH, ensure_shared_server
+
+    ensure_shared_server(SCRIPT_PYTHONPATH, int(warm_owner))
+    env = {**os.environ, OWNER_VAR: warm_owner}
+    code = "import sys; print(sys.argv, 'torch' in sys.modules, sys.stdin.readline().strip()); sys.exit(5)"
+    proc = subprocess.run(
+        [sys.executable, str(WARM_WORKER), "-u", "-c", code],
+        input="hello\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert (proc.returncode, proc.stdout, proc.stderr) == (5, "['-c'] True hello\n", "")
+    # without a server for that owner, it becomes the interpreter it was asked for
+    stand_in = subprocess.Popen(["sleep", "600"])
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(WARM_WORKER), "-c", code],
+            input="hi\n",
+            text=True,
+            env={**env, OWNER_VAR: str(stand_in.pid)},
+            capture_output=True,
+            timeout=60,
+        )
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+    assert (proc.returncode, proc.stdout) == (5, "['-c'] False hi\n"), proc.stderr
+
+
+@pytest.mark.slow
+def test_killing_the_warm_worker_kills_its_forked_child(warm_owner: str) -> None:
+    from warm_interpreter import OWNER_VAR, SCRIPT_PYTHONPATH, ensure_shared_server
+
+    ensure_shared_server(SCRIPT_PYTHONPATH, int(warm_owner))
+    code = "import os, time; print(os.getpid(), flush=True); time.sleep(120)"
+    launcher = subprocess.Popen(
+        [sys.executable, str(WARM_WORKER), "-u", "-c", code],
+        stdout=subprocess.PIPE,
+        env={**os.environ, OWNER_VAR: warm_owner},
+        text=True,
+    )
+    assert launcher.stdout is not None
+    child = launcher.stdout.readline().strip()
+    assert child.isdigit() and int(child) != launcher.pid
+    launcher.kill()
+    launcher.wait()
+    _wait_gone(child)
 
 
 def test_test_helpers_live_in_a_module_of_their_own() -> None:

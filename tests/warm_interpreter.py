@@ -45,8 +45,12 @@ import time
 import zlib
 from pathlib import Path
 
+#: Environment variable: the modules a server imports, comma-separated, instead of :data:`PRELOAD`
+#: (the tests of this machinery use a light server).
+PRELOAD_VAR = "REGKIT_WARM_PRELOAD"
+
 #: Modules the server imports once (what nearly every test script imports first).
-PRELOAD = ("torch", "lightning.pytorch", "lightning_regkit", "numpy")
+PRELOAD = tuple(os.environ.get(PRELOAD_VAR, "torch,lightning.pytorch,lightning_regkit,numpy").split(","))
 
 #: Environment variables that only take effect when an interpreter (or torch) starts.
 _START_UP_VARS = ("PYTHON", "OMP_", "MKL_", "TORCH_", "CUDA_", "LD_")
@@ -64,6 +68,15 @@ def needs_fresh_interpreter(env: dict[str, str] | None) -> bool:
 
 _SERVER = r"""
 import atexit, json, os, runpy, sys, threading, traceback
+_shared = len(sys.argv) > 2
+if _shared:  # the socket first: clients connect (and wait their turn) while the modules import
+    import select, signal, socket
+    _path, _owner = sys.argv[2], int(sys.argv[3])
+    _listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    _listener.bind(_path)
+    _listener.listen(64)
+    os.write(1, b"bound\n")
+    os.close(1)
 for _name in sys.argv[1].split(","):
     __import__(_name)
 _torch = sys.modules.get("torch")
@@ -71,26 +84,16 @@ _torch = sys.modules.get("torch")
 _torch_entropy = _torch is not None and _torch.initial_seed() != 67280421310721
 _closing = []  # what a forked child closes first: the server's channels
 
-def _child(req):
-    for f in _closing:
-        f.close()
-    os.setsid()
-    os.chdir(req["cwd"])
-    os.environ.clear()
-    os.environ.update(req["env"])
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+def _reseed():
     import numpy
     numpy.random.seed()  # a new interpreter seeds NumPy's global generator from the OS
     if _torch_entropy:
         _torch.seed()  # and torch's default generator, where torch does so at import
-    sys.argv = [req["script"]]
-    sys.path[0] = os.path.dirname(req["script"])
+
+def _finish(main):  # run main() as an interpreter runs its program, then end the process
     code = 0
     try:
-        runpy.run_path(req["script"], run_name="__main__")
+        main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, (int, type(None))):
@@ -109,6 +112,22 @@ def _child(req):
                 pass
         os._exit(code)
 
+def _child(req):
+    for f in _closing:
+        f.close()
+    os.setsid()
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    _reseed()
+    sys.argv = [req["script"]]
+    sys.path[0] = os.path.dirname(req["script"])
+    _finish(lambda: runpy.run_path(req["script"], run_name="__main__"))
+
 def _serve(inp, out):  # one client's requests, one at a time
     for line in inp:
         req = json.loads(line)
@@ -119,20 +138,58 @@ def _serve(inp, out):  # one client's requests, one at a time
         _, status = os.waitpid(pid, 0)
         out.write(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
 
-if len(sys.argv) == 2:  # one client, over stdin/stdout
+def _command_child(req, fds):  # "python [-u] [-B] -c CODE" with the client's stdin, stdout, stderr
+    import io, types
+    for f in _closing:
+        f.close()
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(req["cwd"])
+    os.environ.clear()
+    os.environ.update(req["env"])
+    sys.path[:] = req["path"]
+    sys.argv = ["-c"]
+    sys.dont_write_bytecode = "-B" in req["options"]
+    _reseed()
+    unbuffered = "-u" in req["options"]
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        raw = io.FileIO(fd, "w", closefd=False)
+        stream = io.TextIOWrapper(raw if unbuffered else io.BufferedWriter(raw), write_through=unbuffered,
+                                  line_buffering=not unbuffered and os.isatty(fd), errors="backslashreplace")
+        setattr(sys, name, stream)
+        setattr(sys, "__" + name + "__", stream)
+    main = types.ModuleType("__main__")
+    sys.modules["__main__"] = main
+    _finish(lambda: exec(compile(req["code"], "<string>", "exec"), main.__dict__))
+
+def _serve_command(conn, fds):  # one command; it ends when the client goes
+    inp = conn.makefile("rb")
+    req = json.loads(inp.readline())
+    pid = os.fork()
+    if pid == 0:
+        _closing.extend([inp, conn])
+        _command_child(req, fds)
+    for fd in fds:
+        os.close(fd)
+    conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if select.select([conn], [], [], 0.5)[0] and not conn.recv(1):  # the client has gone
+            os.kill(pid, signal.SIGKILL)
+    conn.sendall(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+
+if not _shared:  # one client, over stdin/stdout
     _inp, _out = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
     _closing += [_inp, _out]
     _out.write(b"ready\n")
     _serve(_inp, _out)
-else:  # shared: a Unix socket, a forked handler per client, until the owner process (pytest) is gone
-    import socket, time
-    _path, _owner, _log = sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    _listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    _listener.bind(_path)
-    _listener.listen(64)
+else:  # a Unix socket, a forked handler per client, until the owner process (pytest) is gone
+    import time
     _listener.settimeout(1.0)
-    os.write(1, b"ready\n")
-    os.close(1)
     while True:
         try:
             _conn, _ = _listener.accept()
@@ -149,7 +206,7 @@ else:  # shared: a Unix socket, a forked handler per client, until the owner pro
                 os.kill(_owner, 0)
                 continue
             except ProcessLookupError:
-                for _leftover in (_path, _path + ".lock", _log):
+                for _leftover in (_path, _path + ".lock", _path + ".log"):
                     try:
                         os.unlink(_leftover)
                     except OSError:
@@ -158,9 +215,13 @@ else:  # shared: a Unix socket, a forked handler per client, until the owner pro
         if os.fork() == 0:
             _listener.close()
             _conn.settimeout(None)
-            _inp, _out = _conn.makefile("rb", buffering=0), _conn.makefile("wb", buffering=0)
-            _closing += [_inp, _out, _conn]
-            _serve(_inp, _out)
+            _kind, _fds, _, _ = socket.recv_fds(_conn, 1, 3)
+            if _kind == b"C":  # a command, with the client's standard streams
+                _serve_command(_conn, _fds)
+            else:  # b"S": scripts, one after the other
+                _inp, _out = _conn.makefile("rb", buffering=0), _conn.makefile("wb", buffering=0)
+                _closing += [_inp, _out, _conn]
+                _serve(_inp, _out)
             os._exit(0)
         _conn.close()
 """
@@ -199,11 +260,17 @@ def _start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """A server process that imports ``preload``; its stderr goes to a log file (its path returned).
 
-    ``shared=(socket path, owner pid)``: it serves that socket (and removes it, its lock and its log when
-    the owner has gone); otherwise one client over stdin/stdout.
+    ``shared=(socket path, owner pid)``: it serves that socket (and removes it, its lock and its log,
+    ``path + ".log"``, when the owner has gone); otherwise one client over stdin/stdout.
     """
-    with tempfile.NamedTemporaryFile(prefix="regkit-warm-", suffix=".log", delete=False) as log:
-        args = [",".join(preload)] + ([shared[0], str(shared[1]), log.name] if shared else [])
+    if shared:
+        log_name = shared[0] + ".log"
+        log = open(log_name, "wb")  # noqa: SIM115 (the server writes it; closed here once started)
+    else:
+        log = tempfile.NamedTemporaryFile(prefix="regkit-warm-", suffix=".log", delete=False)  # noqa: SIM115
+        log_name = log.name
+    with log:
+        args = [",".join(preload)] + ([shared[0], str(shared[1])] if shared else [])
         proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, *args],
             stdin=subprocess.DEVNULL if shared else subprocess.PIPE,
@@ -212,16 +279,57 @@ def _start_server(
             env=env,
             start_new_session=True,
         )
-    return proc, log.name
+    return proc, log_name
 
 
-def _wait_ready(lines: _Lines, log: str) -> None:
+def _wait_ready(lines: _Lines, log: str, word: bytes = b"ready") -> None:
     try:
         ready = lines.readline(120)
     except EOFError:
         ready = b""
-    if ready != b"ready\n":
+    if ready != word + b"\n":
         raise RuntimeError(f"the warm interpreter did not start: {Path(log).read_text()}")
+
+
+#: The pid of the process whose run a shared server serves (set by the pytest-xdist controller in
+#: ``conftest.py``; its workers and their launchers read it).
+OWNER_VAR = "REGKIT_WARM_OWNER"
+
+#: Where the suite's scripts import from: ``tests/``, ``examples/`` and the repository root.
+SCRIPT_PYTHONPATH = [str(Path(__file__).resolve().parent.parent / d) for d in ("tests", "examples", "")]
+
+
+def shared_address(pythonpath: list[str], owner: int, preload: tuple[str, ...] = PRELOAD) -> str:
+    """The socket of the server that ``owner``'s processes share for ``pythonpath`` and ``preload``."""
+    env = _server_env(pythonpath)
+    tag = zlib.crc32("\0".join([env["PYTHONPATH"], *preload]).encode())
+    return os.path.join(tempfile.gettempdir(), f"regkit-warm-{owner}-{tag:08x}.sock")
+
+
+def ensure_shared_server(pythonpath: list[str], owner: int, preload: tuple[str, ...] = PRELOAD) -> str:
+    """Start the server shared by ``owner``'s processes unless it runs; its socket's path.
+
+    It returns once the server listens (~0.1 s): connections made before its imports end wait for them.
+    """
+    from filelock import FileLock
+
+    path = shared_address(pythonpath, owner, preload)
+    with FileLock(path + ".lock"):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+            probe.sendall(b"S")  # a client with no scripts: its handler ends at once
+        except OSError:  # none runs yet (or a stale socket of an ended run with a reused pid)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            proc, log = _start_server(preload, _server_env(pythonpath), shared=(path, owner))
+            assert proc.stdout is not None
+            _wait_ready(_Lines(proc.stdout.fileno()), log, b"bound")
+            proc.stdout.close()
+            _STARTED.append(proc)
+        finally:
+            probe.close()
+    return path
 
 
 class WarmInterpreter:
@@ -261,26 +369,12 @@ class WarmInterpreter:
         The first caller starts it (under a file lock); it serves every connection in a process forked
         for it, and exits within a second once ``owner`` has ended.
         """
-        from filelock import FileLock
-
-        env = _server_env(pythonpath)
-        tag = zlib.crc32("\0".join([env["PYTHONPATH"], *preload]).encode())
-        path = os.path.join(tempfile.gettempdir(), f"regkit-warm-{owner}-{tag:08x}.sock")
+        path = ensure_shared_server(pythonpath, owner, preload)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with FileLock(path + ".lock"):
-            try:
-                sock.connect(path)
-            except OSError:  # none runs yet (or a stale socket of an ended run with a reused pid)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                proc, log = _start_server(preload, env, shared=(path, owner))
-                assert proc.stdout is not None
-                _wait_ready(_Lines(proc.stdout.fileno()), log)
-                proc.stdout.close()
-                _STARTED.append(proc)
-                sock.connect(path)
+        sock.connect(path)
+        sock.sendall(b"S")  # a client of scripts (b"C": one command with its standard streams)
         self = cls.__new__(cls)
-        self.pythonpath, self._proc, self._log = env["PYTHONPATH"], None, ""
+        self.pythonpath, self._proc, self._log = _server_env(pythonpath)["PYTHONPATH"], None, path + ".log"
         self._sock, self._lines, self._send_fd = sock, _Lines(sock.fileno()), sock.fileno()
         self._ready, self._closed, self.address = True, False, path
         return self
@@ -296,7 +390,7 @@ class WarmInterpreter:
             return self._lines.readline(timeout)
         except EOFError as err:
             self._closed = True
-            log = Path(self._log).read_text() if self._log else ""
+            log = Path(self._log).read_text() if self._log and os.path.exists(self._log) else ""
             raise RuntimeError(f"the warm interpreter ended: {log}") from err
 
     def _start(self) -> None:
@@ -329,7 +423,7 @@ class WarmInterpreter:
             data = json.dumps(request).encode() + b"\n"
             while data:
                 data = data[os.write(self._send_fd, data) :]
-            pid = json.loads(self._readline(60))["pid"]
+            pid = json.loads(self._readline(300))["pid"]  # a shared server may still be importing
             line = self._readline(timeout)
             rc: int | None
             if line:
@@ -383,7 +477,7 @@ def server_for(pythonpath: list[str]) -> WarmInterpreter:
     server = _servers.get(key)
     if server is None or not server.alive():
         if os.environ.get("PYTEST_XDIST_WORKER"):
-            server = WarmInterpreter.shared(pythonpath, owner=os.getppid())
+            server = WarmInterpreter.shared(pythonpath, owner=int(os.environ.get(OWNER_VAR) or os.getppid()))
         else:
             server = WarmInterpreter(pythonpath)
         _servers[key] = server
