@@ -25,6 +25,8 @@ unexport PYTHONDONTWRITEBYTECODE
 # The bytecode of what every run imports is written once, side by side with the installation: an import of
 # torch's Dynamo (it writes exactly the ~1,400 files of torch, sympy and numpy it reads) while the dev
 # extras install and then, on the other cores, compileall of the packages below (their tests excluded).
+# numpy comes with torch (torch's import reads it); should the dev install still change a package that
+# import reads while it runs, the import is run again once everything is installed.
 BYTECODE_PACKAGES := lightning lightning_fabric pytorch_lightning torchmetrics tensorboard fsspec yaml rich numpy \
 	scipy sklearn joblib narwhals matplotlib PIL dateutil _pytest xdist execnet pluggy
 $(VENV)/.installed: pyproject.toml
@@ -39,7 +41,7 @@ $(VENV)/.installed: pyproject.toml
 		INSTALL="$(PY) -m pip install $(PIP_OPTS)"; \
 	fi; \
 	$(PY) -c "import torch" 2>/dev/null || { echo "installing $(TORCH_SPEC)"; \
-		$$INSTALL $(TORCH_SPEC) >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; }; \
+		$$INSTALL $(TORCH_SPEC) numpy >$(VENV)/install.log 2>&1 || { cat $(VENV)/install.log; exit 1; }; }; \
 	$(PY) -W ignore -c "import torch._dynamo" >$(VENV)/warm.log 2>&1 & warm=$$!; \
 	echo "installing lightning_regkit[dev] (editable)"; \
 	$$INSTALL -e ".[dev]" pip >$(VENV)/install-dev.log 2>&1 || { cat $(VENV)/install-dev.log; exit 1; }; \
@@ -47,7 +49,8 @@ $(VENV)/.installed: pyproject.toml
 	JOBS=$$(( $$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2) - 1 )); test $$JOBS -ge 1 || JOBS=1; \
 	$(PY) -m compileall -q -j $$JOBS -x '/tests?/' $(addprefix "$$SITE"/,$(BYTECODE_PACKAGES)) \
 		>$(VENV)/compile.log 2>&1 || true; \
-	wait $$warm || { echo "torch did not install"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }
+	wait $$warm || $(PY) -W ignore -c "import torch._dynamo" >$(VENV)/warm.log 2>&1 || { \
+		echo "torch does not import"; cat $(VENV)/install.log $(VENV)/warm.log; exit 1; }
 	@$(PY) -c "import importlib.util as u; assert all(map(u.find_spec, ['lightning_regkit', 'lightning', 'xdist']))" \
 		|| { echo "set-up failed"; exit 1; }
 	@touch $@
