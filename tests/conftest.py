@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import atexit
 import contextlib
+import gc
 import inspect
 import sys
 import threading
@@ -131,6 +132,37 @@ def _fork_workers(config: pytest.Config) -> None:
     ensure_shared_server(SCRIPT_PYTHONPATH, int(owner))
     python = shlex.join([sys.executable, str(Path(__file__).with_name("warm_worker.py"))])
     config.option.tx = [f"popen//python={python}"] * len(specs)
+    threading.Thread(target=_rewrite_test_modules, args=(config,), name="rewrite", daemon=True).start()
+
+
+def _rewrite_test_modules(config: pytest.Config) -> None:
+    """Write pytest's cache of the test modules with their asserts rewritten, in the controller while the
+    server imports: otherwise every worker rewrites every module at collection in a fresh clone (~2.4 s of
+    CPU each here). Only speed is at stake: where pytest's rewriting internals differ, nothing is written
+    and the workers rewrite as usual."""
+    try:
+        from _pytest.assertion.rewrite import (
+            PYC_TAIL,
+            _read_pyc,
+            _rewrite_test,
+            _write_pyc,
+            assertstate_key,
+            get_cache_dir,
+        )
+
+        state = config.stash[assertstate_key]
+        if sys.dont_write_bytecode or config.getoption("assertmode") != "rewrite":
+            return
+        here = Path(__file__).resolve().parent
+        for module in [*sorted(here.glob("test_*.py")), here / "conftest.py"]:
+            cache = get_cache_dir(module)
+            pyc = cache / (module.name[:-3] + PYC_TAIL)
+            if _read_pyc(module, pyc) is None:
+                cache.mkdir(exist_ok=True)
+                source, code = _rewrite_test(module, config)
+                _write_pyc(state, code, source, pyc)
+    except Exception:  # a cache only: the workers write it themselves
+        pass
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -155,6 +187,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         module = sys.modules.get(name)
         if module is not None and getattr(module, "entry_points", None) is importlib.metadata.entry_points:
             module.entry_points = cached  # type: ignore[attr-defined]
+    # What the imports left (torch, Lightning, the test modules: ~400,000 objects) lives to the end of the
+    # process: out of the cyclic garbage collector's sight, each full collection (Lightning and the tests
+    # run some) takes ~0.4 s less. Objects the tests create are collected as before.
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)

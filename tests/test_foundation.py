@@ -361,6 +361,22 @@ def test_xdist_workers_forked_from_the_warm_interpreter_are_like_new_interpreter
     assert (forked["parent"], new["parent"]) == ("-c", "-m")
 
 
+def test_the_controller_writes_the_rewritten_test_modules_cache(pytestconfig: pytest.Config) -> None:
+    """``conftest._rewrite_test_modules`` (run by the xdist controller) writes the cache of asserts rewritten
+    that a worker's import then reads, so that the workers do not each rewrite every module. It fails here,
+    rather than silently doing nothing, if pytest's rewriting internals move."""
+    from _pytest.assertion.rewrite import PYC_TAIL, _read_pyc, get_cache_dir
+
+    if sys.dont_write_bytecode:
+        pytest.skip("bytecode writing is off in this process (PYTHONDONTWRITEBYTECODE)")
+    module = ROOT / "tests" / "test_schedules.py"
+    pyc = get_cache_dir(module) / (module.name[:-3] + PYC_TAIL)
+    pyc.unlink(missing_ok=True)
+    sys.modules["conftest"]._rewrite_test_modules(pytestconfig)  # (tests never import conftest themselves)
+    code = _read_pyc(module, pyc)
+    assert code is not None and "@pytest_ar" in code.co_names  # the rewritten module imports pytest's helpers
+
+
 WARM_WORKER = ROOT / "tests" / "warm_worker.py"
 
 

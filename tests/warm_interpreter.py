@@ -82,6 +82,8 @@ for _name in sys.argv[1].split(","):
 _torch = sys.modules.get("torch")
 # torch seeds its default generator from the OS in a new process (recent releases) or with a fixed seed
 _torch_entropy = _torch is not None and _torch.initial_seed() != 67280421310721
+import gc
+gc.freeze()  # the imported modules' objects: kept out of every child's garbage collections
 _closing = []  # what a forked child closes first: the server's channels
 
 def _reseed():
