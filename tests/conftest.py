@@ -20,9 +20,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import atexit
 import contextlib
 import gc
-import inspect
 import sys
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,17 +200,20 @@ def _isolated_seed_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
-def _source(function: Callable[..., Any]) -> str:
-    try:
-        return inspect.getsource(function)
-    except (OSError, TypeError):
-        return ""
+def _names(code: types.CodeType) -> set[str]:
+    """The global and attribute names ``code`` and the functions defined in it refer to."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _names(const)
+    return names
 
 
 def _reads_ddp_battery(item: pytest.Item, cache: dict[Any, bool]) -> bool:
     function = getattr(item, "function", None)
     if function not in cache:  # one look per test function, not per parametrized case
-        cache[function] = function is not None and "ddp_battery" in _source(function)
+        code = getattr(function, "__code__", None)
+        cache[function] = code is not None and "ddp_battery" in _names(code)
     return cache[function]
 
 
