@@ -241,6 +241,16 @@ _LONGEST_FIRST = (
 )
 
 
+#: Tests that mostly wait (a hung script until its timeout, scripts that sleep): they come first, while the
+#: run's other processes (mypy under make test, the DDP battery's ranks, the other worker) use the core a
+#: waiting test leaves idle; at the end of the run that core would stay idle.
+_WAITING_FIRST = (
+    "tests/test_foundation.py::test_run_python_reports_a_hang",
+    "tests/test_foundation.py::test_run_python_does_not_retry_a_hang",
+    "tests/test_foundation.py::test_shared_warm_interpreter_serves_clients_side_by_side",
+)
+
+
 def _longest_first(item: pytest.Item) -> int:
     places = (i for i, prefix in enumerate(_LONGEST_FIRST) if item.nodeid.startswith(prefix))
     return next(places, len(_LONGEST_FIRST))
@@ -248,11 +258,12 @@ def _longest_first(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Doctests that compile are marked ``compile``; then the order (a stable sort, the same in every xdist
-    worker): the ``compile`` tests first, together (pytest-xdist hands each worker a contiguous share of
-    the list to start with and steals from the ends of the shares, so one worker pays for Dynamo's and
-    Inductor's first use), then the tests marked ``slow``, the longest first (long runs start early and
-    short tests fill the end: the workers finish together), then the rest, and the tests that read the DDP
-    battery last (it is produced in the background from the start, and ready when they come)."""
+    worker): the tests that mostly wait (:data:`_WAITING_FIRST`), then the ``compile`` tests, together
+    (pytest-xdist hands each worker a contiguous share of the list to start with and steals from the ends
+    of the shares, so one worker pays for Dynamo's and Inductor's first use), then the tests marked
+    ``slow``, the longest first (long runs start early and short tests fill the end: the workers finish
+    together), then the rest, and the tests that read the DDP battery last (it is produced in the
+    background from the start, and ready when they come)."""
     cache: dict[Any, bool] = {}
     for item in items:  # docstring examples that run torch.compile (the compiled kernel's: with Inductor)
         if item.nodeid.startswith(_COMPILING_DOCTESTS):
@@ -261,6 +272,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def rank(item: pytest.Item) -> tuple[int, int]:
         if _reads_ddp_battery(item, cache):
             return 3, 0
+        if item.nodeid.startswith(_WAITING_FIRST):
+            return -1, 0
         if item.get_closest_marker("compile"):
             return 0, 0
         return (1, _longest_first(item)) if item.get_closest_marker("slow") else (2, 0)
