@@ -18,10 +18,13 @@ What a child gets, as a fresh ``python script.py`` would:
 - stdout/stderr in files, the exit status of the script (``SystemExit`` code, 1 on an exception, minus
   the signal number when killed), threads joined and ``atexit`` handlers run at exit.
 
-Under pytest-xdist the workers share one server (a Unix socket; the first worker that needs it starts
-it, and it ends when the pytest run does): one interpreter importing Lightning per run, not one per
-worker and per thread. Each connection is served by a process forked from the server, so the workers'
-scripts run side by side.
+Under pytest-xdist the workers share one server (a Unix socket; the controller starts it, or else the
+first worker that needs it, and it ends when the pytest run does): one interpreter importing Lightning per
+run, not one per worker and per thread. Each connection is served by a process forked from the server, so
+the workers' scripts run side by side. The server also runs commands with the client's own standard
+streams (``python -c`` as a forked child): that is how the xdist workers themselves start from it
+(:mod:`warm_worker`). It listens before it imports, so clients may connect at once; their first request is
+answered once the imports are done.
 
 What it cannot give: interpreter start-up settings (``PYTHONHASHSEED``, ``PYTHONPATH``, ``-X`` options,
 thread-pool sizes read at import). :func:`needs_fresh_interpreter` says when a request must use a
