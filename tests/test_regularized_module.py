@@ -401,7 +401,7 @@ def test_proximal_l1_converges_to_lasso(tmp_path: Path) -> None:
     lasso = Lasso(alpha=alpha, tol=1e-12, max_iter=100_000).fit(x.numpy(), y.numpy())
     loader = DataLoader(TensorDataset(x, y), batch_size=n)  # full batch: plain (proximal) gradient descent
     prox = LinearRegression(d, lr=0.5, penalties=[L1(alpha, proximal=True)])
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=400, max_epochs=None, log_every_n_steps=50))
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=150, max_epochs=None, log_every_n_steps=50))
     trainer.fit(prox, loader)
     w = prox.lin.weight.detach().squeeze(0).numpy()
     np.testing.assert_allclose(w, lasso.coef_, atol=1e-8)
@@ -409,7 +409,7 @@ def test_proximal_l1_converges_to_lasso(tmp_path: Path) -> None:
     zeros = lasso.coef_ == 0
     assert zeros.sum() >= 4 and (w[zeros] == 0.0).all()  # exact zeros, as Lasso
     sub = LinearRegression(d, lr=0.5, l1=alpha)  # subgradient L1: no exact zeros
-    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=400, max_epochs=None, log_every_n_steps=50))
+    trainer = pl.Trainer(**trainer_kwargs(tmp_path, max_steps=150, max_epochs=None, log_every_n_steps=50))
     trainer.fit(sub, loader)
     assert (sub.lin.weight.detach() == 0).sum() == 0
 
