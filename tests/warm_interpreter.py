@@ -147,9 +147,10 @@ def _command_child(req, fds):  # "python [-u] [-B] -c CODE" with the client's st
     import io, types
     for f in _closing:
         f.close()
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
+    for target, fd in enumerate(fds):  # a received fd may already be the target (fd 1 is free here)
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
@@ -185,7 +186,10 @@ def _serve_command(conn, fds):  # one command; it ends when the client goes
             break
         if select.select([conn], [], [], 0.5)[0] and not conn.recv(1):  # the client has gone
             os.kill(pid, signal.SIGKILL)
-    conn.sendall(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    try:
+        conn.sendall(json.dumps({"rc": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    except OSError:  # nobody left to tell
+        pass
 
 if not _shared:  # one client, over stdin/stdout
     _inp, _out = os.fdopen(0, "rb", buffering=0), os.fdopen(1, "wb", buffering=0)
