@@ -117,18 +117,21 @@ def _finish(main):  # run main() as an interpreter runs its program, then end th
                 pass
         os._exit(code)
 
-def _child(req):
+def _become(req):  # a forked child takes on the request: the server's channels closed, its cwd and env
     for f in _closing:
         f.close()
-    os.setsid()
     os.chdir(req["cwd"])
     os.environ.clear()
     os.environ.update(req["env"])
+    _reseed()
+
+def _child(req):
+    _become(req)
+    os.setsid()
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     for fd, path in ((1, req["stdout"]), (2, req["stderr"])):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
-    _reseed()
     sys.argv = [req["script"]]
     sys.path[0] = os.path.dirname(req["script"])
     _finish(lambda: runpy.run_path(req["script"], run_name="__main__"))
@@ -145,19 +148,14 @@ def _serve(inp, out):  # one client's requests, one at a time
 
 def _command_child(req, fds):  # "python [-u] [-B] -c CODE" with the client's stdin, stdout, stderr
     import io, types
-    for f in _closing:
-        f.close()
+    _become(req)
     for target, fd in enumerate(fds):  # a received fd may already be the target (fd 1 is free here)
         if fd != target:
             os.dup2(fd, target)
             os.close(fd)
-    os.chdir(req["cwd"])
-    os.environ.clear()
-    os.environ.update(req["env"])
     sys.path[:] = req["path"]
     sys.argv = ["-c"]
     sys.dont_write_bytecode = "-B" in req["options"]
-    _reseed()
     unbuffered = "-u" in req["options"]
     sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)))
     for fd, name in ((1, "stdout"), (2, "stderr")):
