@@ -231,7 +231,6 @@ _LONGEST_FIRST = (
     "tests/test_notebook_runs.py::test_the_tour_runs",
     "tests/test_integration.py::",  # two runs, one in a new interpreter, in the fixture of its first test
     "tests/test_examples.py::test_demo_variance_from_the_command_line",
-    "tests/test_foundation.py::test_ddp_on_cpu_runs",
     "tests/test_resume_exact.py::test_validation_end_checkpoint_resumes_exactly",
     "tests/test_foundation.py::test_xdist_workers_forked_from_the_warm_interpreter",
     "tests/test_examples.py::test_demo_prints_table",

@@ -377,6 +377,16 @@ def test_the_controller_writes_the_rewritten_test_modules_cache(pytestconfig: py
     assert code is not None and "@pytest_ar" in code.co_names  # the rewritten module imports pytest's helpers
 
 
+def test_the_order_hints_name_tests_that_exist() -> None:
+    """``conftest``'s lists of tests to run first name test files and functions that exist (a renamed test
+    would otherwise silently fall back to collection order)."""
+    conftest = sys.modules["conftest"]  # (tests never import conftest themselves)
+    for prefix in (*conftest._LONGEST_FIRST, *conftest._WAITING_FIRST):
+        file, _, function = prefix.partition("::")
+        assert (ROOT / file).is_file(), prefix
+        assert not function or f"def {function}" in (ROOT / file).read_text(), prefix
+
+
 WARM_WORKER = ROOT / "tests" / "warm_worker.py"
 
 
