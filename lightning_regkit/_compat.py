@@ -154,6 +154,27 @@ __all__ += [
 ]
 
 
+# ----------------------------------------------------------------------------- Python versions
+def reduce_enum_by_value(member: Enum, protocol: int) -> tuple[Any, tuple[Any]]:
+    """An Enum's ``__reduce_ex__`` that pickles a member as ``cls(value)`` on every Python.
+
+    Python 3.11.0 to 3.11.4 (Debian 12 ships 3.11.2) pickle members as ``getattr(cls, name)``, a
+    global that ``torch.load(weights_only=True)`` refuses; 3.10 and 3.11.5+ pickle ``cls(value)``,
+    which it loads once ``cls`` is a registered safe global.
+
+    Example:
+        >>> class Color(Enum):
+        ...     RED = 1
+        ...     __reduce_ex__ = reduce_enum_by_value
+        >>> Color.RED.__reduce_ex__(2)
+        (<enum 'Color'>, (1,))
+    """
+    return type(member), (member.value,)
+
+
+__all__ += ["reduce_enum_by_value"]
+
+
 # ----------------------------------------------------------------------------- Lightning versions
 # Names that exist only in newer Lightning releases; the kit carries an equivalent for older ones.
 try:
@@ -176,6 +197,8 @@ except ImportError:  # Lightning < 2.6 has no stopping reasons
         DIVERGENCE_THRESHOLD = 2
         PATIENCE_EXHAUSTED = 3
         NON_FINITE_METRIC = 4
+
+        __reduce_ex__ = reduce_enum_by_value
 
 
 LIGHTNING_HAS_STOPPING_REASON = EarlyStoppingReason.__module__.startswith("lightning.")

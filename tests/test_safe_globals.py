@@ -93,6 +93,26 @@ def test_criteria_and_reasons_load_weights_only():
     )
 
 
+def _kit_enums():
+    from lightning_regkit._compat import EarlyStoppingReason
+
+    kit = [RegkitStoppingReason]
+    if EarlyStoppingReason.__module__.startswith("lightning_regkit."):  # the kit's carry for Lightning < 2.6
+        kit.append(EarlyStoppingReason)
+    return [member for enum in kit for member in enum]
+
+
+@pytest.mark.parametrize("member", _kit_enums(), ids=str)
+def test_kit_enums_pickle_by_value_on_every_python(member):
+    """Python 3.11.0-3.11.4 pickle an Enum member as ``getattr(cls, name)``, a global that a
+    ``weights_only`` load refuses (Debian 12's Python is 3.11.2); 3.10 and 3.11.5+ pickle it as
+    ``cls(value)``. The kit's reasons pickle as ``cls(value)`` on all of them."""
+    for protocol in range(2, pickle.HIGHEST_PROTOCOL + 1):
+        assert member.__reduce_ex__(protocol) == (type(member), (member.value,)), protocol
+        assert b"getattr" not in pickle.dumps(member, protocol=protocol)
+    assert weights_only_round_trip(member) is member  # torch.save's own protocol
+
+
 def _subclasses(cls):
     for sub in cls.__subclasses__():
         yield sub

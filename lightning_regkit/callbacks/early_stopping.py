@@ -26,7 +26,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from lightning_regkit._compat import EarlyStoppingReason
+from lightning_regkit._compat import EarlyStoppingReason, reduce_enum_by_value
 from lightning_regkit.criteria import GL, PQ, UP, StoppingCriterion
 
 __all__ = ["CRITERIA", "EarlyStopping", "EarlyStoppingReason", "RegkitStoppingReason"]
@@ -50,6 +50,8 @@ class RegkitStoppingReason(Enum):
     GENERALIZATION_LOSS = "generalization_loss"
     PROGRESS_QUOTIENT = "progress_quotient"
     UP_SUCCESSIVE_STRIPS = "up_successive_strips"
+
+    __reduce_ex__ = reduce_enum_by_value  # as ``cls(value)`` on every Python: loads with weights_only=True
 
 
 _CRITERION_REASON = {
