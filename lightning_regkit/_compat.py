@@ -155,7 +155,7 @@ __all__ += [
 
 
 # ----------------------------------------------------------------------------- Python versions
-def reduce_enum_by_value(member: Enum, protocol: int) -> tuple[Any, tuple[Any]]:
+def reduce_enum_by_value(self: Any, proto: object) -> tuple[Any, ...]:
     """An Enum's ``__reduce_ex__`` that pickles a member as ``cls(value)`` on every Python.
 
     Python 3.11.0 to 3.11.4 (Debian 12 ships 3.11.2) pickle members as ``getattr(cls, name)``, a
@@ -169,7 +169,7 @@ def reduce_enum_by_value(member: Enum, protocol: int) -> tuple[Any, tuple[Any]]:
         >>> Color.RED.__reduce_ex__(2)
         (<enum 'Color'>, (1,))
     """
-    return type(member), (member.value,)
+    return type(self), (self.value,)
 
 
 __all__ += ["reduce_enum_by_value"]

@@ -9,7 +9,8 @@ penalty (``L2(1e-4)``) among its arguments wrote a checkpoint it could not read
 
 :func:`register_safe_globals` adds the kit's plain-data classes to that registry: every
 :class:`~lightning_regkit.schedules.Schedule` and :class:`~lightning_regkit.penalties.Penalty`
-class defined in the kit, the criteria GL, PQ and UP, and :class:`RegkitStoppingReason`. For such a
+class defined in the kit, the criteria GL, PQ and UP, :class:`RegkitStoppingReason` (and the kit's
+``EarlyStoppingReason`` under Lightning < 2.6, which has none of its own). For such a
 class the unpickler creates the object and sets its attributes; no code of the file runs. What the
 objects hold must itself be loadable: a ``FromProgress(fn)`` or a penalty whose strength is a
 function ``f(t, total)`` holds that function, which stays refused until the user registers it
@@ -34,6 +35,7 @@ from typing import Any
 import torch
 
 from lightning_regkit import criteria, penalties, schedules
+from lightning_regkit._compat import EarlyStoppingReason
 from lightning_regkit.callbacks.early_stopping import RegkitStoppingReason
 
 __all__ = ["kit_safe_globals", "register_safe_globals"]
@@ -66,6 +68,8 @@ def kit_safe_globals() -> list[Callable[..., Any]]:
         criteria.PQ,
         criteria.UP,
         RegkitStoppingReason,
+        # the kit's own EarlyStoppingReason, carried for Lightning < 2.6 (Lightning's from 2.6 on)
+        *([EarlyStoppingReason] if EarlyStoppingReason.__module__.startswith("lightning_regkit.") else []),
     ]
 
 
