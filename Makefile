@@ -4,7 +4,10 @@
 #   make docs   -- build the documentation site into build/site (MkDocs, warnings are errors)
 # The set-up runs again only when pyproject.toml changes (stamp file .venv/.installed).
 
-PYTHON ?= python3
+# The interpreter .venv is made with. Empty: the set-up picks the fastest suitable CPython 3.10+ among python3 on
+# PATH and the system's /usr/bin/python3 (tools/pick_python.py: a distribution's optimised build runs this suite
+# much faster than a version manager's default build).
+PYTHON ?=
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The CPU build of torch. Here it lies on disk (pip's find-links); elsewhere set e.g.
@@ -30,9 +33,11 @@ unexport PYTHONDONTWRITEBYTECODE
 BYTECODE_PACKAGES := lightning lightning_fabric pytorch_lightning torchmetrics tensorboard fsspec yaml rich numpy \
 	scipy sklearn joblib narwhals matplotlib PIL dateutil _pytest xdist execnet pluggy
 $(VENV)/.installed: pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv --without-pip $(VENV)
-	@if test -x $(VENV)/bin/uv || $(PYTHON) -m pip --python $(PY) install $(PIP_OPTS) uv >$(VENV)/install.log 2>&1; then \
-		UV_ARGS="$$($(PYTHON) tools/uv_args.py)"; \
+	@ARGS_FILE="$$(mktemp)"; $(or $(PYTHON),python3) tools/uv_args.py >"$$ARGS_FILE" 2>/dev/null & args=$$!; \
+	BASE="$(PYTHON)"; test -n "$$BASE" || BASE="$$(python3 tools/pick_python.py)" || exit 1; \
+	test -x $(PY) || $$BASE -m venv --without-pip $(VENV) || exit 1; \
+	wait $$args; UV_ARGS="$$(cat "$$ARGS_FILE")"; rm -f "$$ARGS_FILE"; \
+	if test -x $(VENV)/bin/uv || $$BASE -m pip --python $(PY) install $(PIP_OPTS) uv >$(VENV)/install.log 2>&1; then \
 		INSTALL="$(VENV)/bin/uv pip install -q --python $(PY) $$UV_ARGS"; \
 	else \
 		echo "uv is not available: installing with pip"; \

@@ -1,0 +1,49 @@
+"""The set-up's choice of interpreter (``tools/pick_python.py``): a suitable CPython, the fastest found."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+
+SCRIPT = ROOT / "tools" / "pick_python.py"
+
+
+def _pick_python():
+    spec = importlib.util.spec_from_file_location("pick_python", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pick_python_prints_a_suitable_interpreter() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=120, check=True
+    )
+    exe = proc.stdout.strip()
+    assert os.path.isabs(exe) and os.access(exe, os.X_OK), proc.stdout
+    assert f"python for the venv: {exe} (" in proc.stderr
+    check = "import sys, venv; print(sys.implementation.name, sys.version_info >= (3, 10))"
+    info = subprocess.run([exe, "-c", check], capture_output=True, text=True, timeout=60)
+    assert info.stdout.split() == ["cpython", "True"]
+
+
+@pytest.mark.parametrize("kind", ["missing", "not executable", "unsuitable", "fails"])
+def test_pick_python_skips_a_candidate_that_cannot_make_the_venv(tmp_path: Path, kind: str) -> None:
+    fake = tmp_path / "python3"
+    if kind != "missing":
+        scripts = {"unsuitable": "#!/bin/sh\necho unsuitable\n", "fails": "#!/bin/sh\nexit 3\n"}
+        fake.write_text(scripts.get(kind, ""))
+        fake.chmod(0o644 if kind == "not executable" else 0o755)
+    assert _pick_python().measure(str(fake)) is None
+
+
+def test_pick_python_measures_a_suitable_candidate() -> None:
+    exe, seconds = _pick_python().measure(sys.executable)
+    assert os.path.samefile(exe, sys.executable) and 0 < seconds < 10
