@@ -8,10 +8,11 @@ project is tested on, Debian 12's Python 3.11.2 ran a short benchmark in 0.29 s 
 took 0.45 s, and ``make test`` from a fresh clone went from 3m13 to 2m44. ``make PYTHON=...`` skips the
 choice.
 
-A candidate qualifies when it is CPython >= 3.10 with ``venv``, with ``pip`` or ``ensurepip`` (the set-up
-bootstraps its installer with them) and with its C headers (torch's Inductor builds C++ against
-``Python.h``). Each qualified candidate times the same pure-Python work (best of five, in two rounds taken
-in turn); the fastest is printed, the others go to stderr with their times. Nothing qualified: exit status 1.
+A candidate qualifies when it is CPython >= 3.10 with ``venv``, with ``pip`` or ``ensurepip`` (the
+set-up bootstraps its installer with them) and with its C headers (torch's Inductor builds C++
+against ``Python.h``). Each qualified candidate times the same pure-Python work (the median of seven
+runs; the lower of two rounds taken in turn); the fastest is printed, the others go to stderr with
+their times. Nothing qualified: exit status 1.
 
 Example:
     >>> fastest({"/usr/bin/python3": 0.29, "/opt/python/bin/python3": 0.45})
@@ -26,7 +27,7 @@ import sys
 
 CANDIDATES = (sys.executable, "/usr/bin/python3")
 
-#: Run by each candidate: prints its real executable and the best of five timings, or "unsuitable".
+#: Run by each candidate: prints its real executable and the median of seven timings, or "unsuitable".
 PROBE = r"""
 import importlib.util, os, sys, sysconfig, time
 headers = os.path.join(sysconfig.get_paths()["include"], "Python.h")
@@ -43,18 +44,19 @@ def fib(n):
     return n if n < 2 else fib(n - 1) + fib(n - 2)
 
 def work():
-    fib(24)
+    fib(23)
     counts = {}
-    for i in range(200_000):
+    for i in range(120_000):
         counts[i % 997] = counts.get(i % 997, 0) + i
 
+work()  # once untimed: a CPU coming out of idle runs its first fraction of a second faster
 times = []
-for _ in range(5):
+for _ in range(7):
     start = time.perf_counter()
     work()
     times.append(time.perf_counter() - start)
 print(sys.executable)
-print(min(times))
+print(sorted(times)[3])  # the median: robust to a burst or a stall of the machine either way
 """
 
 
