@@ -5,8 +5,8 @@ system's ``/usr/bin/python3``. Distributions build CPython with profile-guided a
 optimisation; a version manager's default build (pyenv's) has neither, and runs pure-Python code
 (Lightning's loops, pytest, Dynamo's tracing, imports) markedly slower: on the 2-core machine this
 project is tested on, Debian 12's Python 3.11.2 ran a short benchmark in 0.29 s where pyenv's 3.11.7
-took 0.45 s, and ``make test`` from a fresh clone went from 3m13 to 2m44. ``make PYTHON=...`` skips the
-choice.
+took 0.45 s, and ``make test`` from a fresh clone took 2m44-2m56 instead of 3m02-3m18.
+``make PYTHON=...`` skips the choice.
 
 A candidate qualifies when it is CPython >= 3.10 with ``venv``, with ``pip`` or ``ensurepip`` (the
 set-up bootstraps its installer with them) and with its C headers (torch's Inductor builds C++
