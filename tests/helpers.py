@@ -8,6 +8,7 @@ Import them directly (``from helpers import TinyMLP``: ``tests/`` is on pytest's
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import lightning.pytorch as pl
@@ -244,6 +246,15 @@ def classifier_cli(config: Path | str) -> Any:
         run=False,
         save_config_callback=None,
     )
+
+
+def load_file_module(path: Path, name: str) -> ModuleType:
+    """The module of the Python file ``path`` (a script or hook not on ``sys.path``), as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def weights_of(module: nn.Module) -> dict[str, Tensor]:

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import ROOT
+from helpers import ROOT, load_file_module
 
 # the docs extra (pip install -e '.[docs]') builds the site and its API reference (looked up, not imported:
 # importing mkdocstrings' handler costs each test process ~0.8 s at collection)
@@ -34,11 +34,7 @@ MKDOCS = Path(sys.executable).parent / "mkdocs"
 
 
 def _hooks() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("regkit_docs_hooks", DOCS / "_hooks.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module(DOCS / "_hooks.py", "regkit_docs_hooks")
 
 
 @pytest.fixture(scope="module")

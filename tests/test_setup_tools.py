@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, load_file_module
 
 SCRIPT = ROOT / "tools" / "pick_python.py"
 
 
-def _pick_python():
-    spec = importlib.util.spec_from_file_location("pick_python", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _pick_python() -> ModuleType:
+    return load_file_module(SCRIPT, "pick_python")
 
 
 def test_pick_python_prints_a_suitable_interpreter() -> None:
